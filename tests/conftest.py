@@ -1,0 +1,32 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+NODE_PEERS = ROOT / "tests" / "interop" / "node"
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict:
+    """The test vectors the real Node modules produced (../shared/protocol/vectors.json)."""
+    path = SHARED / "protocol" / "vectors.json"
+    if not path.exists():
+        pytest.fail(f"missing {path}: the shared/ folder must sit beside the checkout")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def node_peers() -> Path:
+    """The folder of the Node reference peers, with hypercore 11 installed by `make test`."""
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed: `make test` needs Node.js 20 and npm")
+    if not (NODE_PEERS / "node_modules" / "hypercore").is_dir():
+        pytest.fail(f"Node peers not installed: run `npm ci` in {NODE_PEERS} (make test does)")
+    return NODE_PEERS
