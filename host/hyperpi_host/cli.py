@@ -14,6 +14,8 @@ import sys
 # Command-group modules, in the order `hyperpi --help` lists them.
 COMMAND_MODULES = [
     # each entry: "hyperpi_host.<module>"; added by the work that builds that command
+    "hyperpi_host.keys",
+    "hyperpi_host.qr",
 ]
 
 
