@@ -1,0 +1,231 @@
+"""@hyperswarm/secret-stream over a byte stream, sans-IO: framing, Noise XX, secretstream.
+
+Every message in both directions is `uint24le(length) || payload` (protocol doc 5.1). The first
+three frames are the Noise XX handshake (`noise.py`); then each side sends one 56-byte frame,
+`streamId || secretstream header`, and after that every frame is one libsodium
+`crypto_secretstream_xchacha20poly1305` message (plaintext + 17 bytes). Empty plaintexts are
+keepalives and are dropped on receipt (5.4).
+
+    stream = SecretStream(is_initiator=True, static_keypair=kp)
+    sock.send(stream.initiate())                  # msg1 (b"" for the responder)
+    for event in stream.receive_data(chunk):     # HandshakeDone, Message(plaintext)
+        ...
+    sock.send(stream.data_to_send())              # after every receive_data: handshake replies
+    sock.send(stream.send(b"hello"))              # once HandshakeDone arrived
+
+Any protocol violation raises a `WireError` subclass with a one-line reason; the stream is
+then dead and every later call raises too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import nacl.bindings as sodium
+import nacl.exceptions
+
+from .errors import FrameError, HandshakeError, WireError
+from .noise import Keypair, NoiseXX
+
+# Largest frame payload: the uint24 length prefix cannot say more, and Node's secret-stream
+# refuses to write more (MAX_ATOMIC_WRITE = 2^24 - 1) while it allocates up to that much for
+# one incoming frame. One hypercore block travels in one frame, so this is also the largest
+# block a peer can send. A device short of memory can pass a lower `max_frame_size`.
+MAX_FRAME_SIZE = 2**24 - 1
+# Largest frame before the secretstream is set up: the XX messages with empty payloads are
+# 32, 96 and 64 bytes and the header is 56, so a bigger length prefix is hostile; refusing it
+# early stops a stranger from making us buffer 16 MiB before authenticating. (Node only
+# applies Noise's 65,535-byte cap, after buffering.)
+MAX_SETUP_FRAME = 1024
+
+HEADER_BYTES = 24  # crypto_secretstream_xchacha20poly1305_HEADERBYTES
+ABYTES = 17  # 1 encrypted tag byte + 16-byte MAC per message
+ID_HEADER_BYTES = 32 + HEADER_BYTES
+TAG_MESSAGE = 0
+
+
+def _namespace(name: bytes, count: int) -> list[bytes]:
+    base = hashlib.blake2b(name, digest_size=32).digest()
+    return [hashlib.blake2b(base + bytes([i]), digest_size=32).digest() for i in range(count)]
+
+
+NS_INITIATOR, NS_RESPONDER, NS_SEND = _namespace(b"hyperswarm/secret-stream", 3)
+
+
+def stream_id(handshake_hash: bytes, is_initiator: bool) -> bytes:
+    """The 32-byte id a side puts before its secretstream header (5.3)."""
+    ns = NS_INITIATOR if is_initiator else NS_RESPONDER
+    return hashlib.blake2b(ns, digest_size=32, key=handshake_hash).digest()
+
+
+def frame(payload: bytes) -> bytes:
+    """`uint24le(len) || payload`."""
+    if len(payload) > MAX_FRAME_SIZE:
+        raise ValueError(f"frame of {len(payload)} bytes is above {MAX_FRAME_SIZE}")
+    return len(payload).to_bytes(3, "little") + payload
+
+
+@dataclass(frozen=True)
+class HandshakeDone:
+    """Noise finished: messages may now be sent. The remote's own header may still be in flight."""
+
+    remote_public_key: bytes
+    handshake_hash: bytes
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decrypted, non-empty plaintext (for hypercore: one protomux frame)."""
+
+    plaintext: bytes
+
+
+Event = HandshakeDone | Message
+
+# Stream phases.
+_HANDSHAKE, _HEADER, _OPEN, _FAILED = range(4)
+
+
+class SecretStream:
+    """One encrypted connection's protocol state: bytes in, events and bytes out."""
+
+    def __init__(
+        self,
+        is_initiator: bool,
+        static_keypair: Keypair,
+        *,
+        ephemeral_keypair: Keypair | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+    ) -> None:
+        if not 0 < max_frame_size <= MAX_FRAME_SIZE:
+            raise ValueError(f"max_frame_size must be 1..{MAX_FRAME_SIZE}")
+        self.is_initiator = is_initiator
+        self.public_key = static_keypair.public_key
+        self.max_frame_size = max_frame_size
+        self._noise: NoiseXX | None = NoiseXX(is_initiator, static_keypair, ephemeral_keypair)
+        self._phase = _HANDSHAKE
+        self._inbuf = bytearray()  # < 3 + max frame size: complete frames are consumed at once
+        self._outbuf = bytearray()
+        self._started = False
+        self._push_state = None
+        self._pull_state = None
+        self._rx = b""
+        self.handshake_hash: bytes | None = None
+        self.remote_public_key: bytes | None = None
+        self.tx_header: bytes | None = None  # our secretstream header, for transcripts and tests
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self.handshake_hash is not None
+
+    # --- outgoing ---
+
+    def initiate(self) -> bytes:
+        """Start the handshake; returns the bytes to write first (empty for the responder)."""
+        if self._started:
+            raise RuntimeError("initiate() called twice")
+        self._started = True
+        if self.is_initiator:
+            assert self._noise is not None
+            self._outbuf += frame(self._noise.send())
+        return self.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        """Handshake and header bytes produced by `receive_data`; write them out."""
+        out = bytes(self._outbuf)
+        self._outbuf.clear()
+        return out
+
+    def send(self, plaintext: bytes) -> bytes:
+        """Encrypt one message; returns its frame. Only after HandshakeDone."""
+        if self._push_state is None:
+            raise RuntimeError("send() before the handshake completed")
+        if len(plaintext) + ABYTES > MAX_FRAME_SIZE:
+            raise ValueError(f"message of {len(plaintext)} bytes does not fit one frame")
+        c = sodium.crypto_secretstream_xchacha20poly1305_push(self._push_state, plaintext, None, TAG_MESSAGE)
+        return (len(c)).to_bytes(3, "little") + c
+
+    def keepalive(self) -> bytes:
+        """An empty message: Node sends one after 5 s without writing, and drops them on receipt."""
+        return self.send(b"")
+
+    # --- incoming ---
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes read from the transport; returns the events they complete."""
+        if self._phase == _FAILED:
+            raise FrameError("stream already failed")
+        if not self._started:
+            self.initiate()  # a responder may skip initiate(); its output is empty anyway
+        events: list[Event] = []
+        buf = self._inbuf
+        buf += data
+        pos = 0
+        try:
+            while len(buf) - pos >= 3:
+                n = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+                limit = self.max_frame_size if self._phase == _OPEN else MAX_SETUP_FRAME
+                if n > limit:
+                    raise FrameError(f"frame length {n} is above the limit of {limit}")
+                if n == 0:
+                    raise FrameError("zero-length frame")
+                if len(buf) - pos - 3 < n:
+                    break
+                payload = bytes(buf[pos + 3 : pos + 3 + n])
+                pos += 3 + n
+                self._on_frame(payload, events)
+        except WireError:
+            self._fail()
+            raise
+        del buf[:pos]
+        return events
+
+    def _fail(self) -> None:
+        self._phase = _FAILED
+        self._inbuf = bytearray()
+        self._noise = None
+
+    def _on_frame(self, payload: bytes, events: list[Event]) -> None:
+        if self._phase == _OPEN:
+            try:
+                plaintext, _tag = sodium.crypto_secretstream_xchacha20poly1305_pull(self._pull_state, payload, None)
+            except (nacl.exceptions.CryptoError, ValueError, TypeError):
+                raise FrameError("message failed authentication (bad MAC or out of order)") from None
+            if plaintext:  # empty plaintexts are keepalives
+                events.append(Message(plaintext))
+        elif self._phase == _HANDSHAKE:
+            self._on_handshake(payload, events)
+        else:
+            self._on_header(payload)
+
+    def _on_handshake(self, payload: bytes, events: list[Event]) -> None:
+        noise = self._noise
+        assert noise is not None
+        noise.recv(payload)  # raises HandshakeError
+        if noise.my_turn():
+            self._outbuf += frame(noise.send())
+        if noise.complete:
+            self._setup(noise, events)
+
+    def _setup(self, noise: NoiseXX, events: list[Event]) -> None:
+        self.handshake_hash = noise.handshake_hash
+        self.remote_public_key = noise.remote_public_key
+        self._rx = noise.rx
+        self._push_state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        self.tx_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._push_state, noise.tx)
+        self._outbuf += frame(stream_id(noise.handshake_hash, self.is_initiator) + self.tx_header)
+        self._noise = None
+        self._phase = _HEADER
+        assert self.remote_public_key is not None
+        events.append(HandshakeDone(self.remote_public_key, self.handshake_hash))
+
+    def _on_header(self, payload: bytes) -> None:
+        if len(payload) != ID_HEADER_BYTES:
+            raise HandshakeError(f"invalid header message: {len(payload)} bytes, expected {ID_HEADER_BYTES}")
+        assert self.handshake_hash is not None
+        if payload[:32] != stream_id(self.handshake_hash, not self.is_initiator):
+            raise HandshakeError("invalid header: wrong stream id")
+        self._pull_state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._pull_state, payload[32:], self._rx)
+        self._phase = _OPEN
