@@ -94,3 +94,12 @@ class Proof:
     seek: SeekProof | None = None
     upgrade: UpgradeProof | None = None
     manifest: bytes | None = None  # encoded manifest (section 3.4), when asked for
+
+
+class CoreEvent(NamedTuple):
+    """What changed in a core: "append" (local append), "upgrade" (a verified proof raised
+    the length) or "block" (a block value arrived; `index` says which)."""
+
+    kind: str  # Literal["append", "upgrade", "block"]
+    length: int
+    index: int | None = None

@@ -1,0 +1,427 @@
+"""`Core`: one Hypercore 11 log in a Store, as a writer (holding the secret key) or a reader.
+
+Sans-IO: no sockets and no asyncio. A writer appends and signs; any core answers proof
+requests with `proof()` and takes verified data with `verify_and_apply()`. The wire layer
+moves the bytes. Subscribers hear "append", "upgrade" and "block" events after the data
+is committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+
+from . import flat_tree
+from .errors import (
+    CorruptStore,
+    HypercoreError,
+    NotWritable,
+    ProofUnavailable,
+    StorageError,
+    VerificationError,
+)
+from .keys import (
+    KEY_BYTES,
+    KeyPair,
+    Manifest,
+    core_key,
+    decode_manifest,
+    default_manifest,
+    discovery_key,
+    encode_manifest,
+    generate_keypair,
+    manifest_hash,
+)
+from .merkle import append_leaves, is_compat, leaf_hash, parent_node, sign_tree, tree_hash, verify_tree
+from .proofs import generate_proof, verify_proof
+from .storage import Store, _storage_error
+from .types import CoreEvent, Proof, ProofRequest, TreeNode
+
+__all__ = [
+    "Core",
+    "CoreEvent",
+    "CorruptStore",
+    "HypercoreError",
+    "NotWritable",
+    "ProofUnavailable",
+    "StorageError",
+    "Store",
+    "VerificationError",
+]
+
+# Node's append() refuses blocks over 15 MiB (MAX_SUGGESTED_BLOCK_SIZE); one block must fit
+# one secret-stream message (< 16 MiB) on the wire.
+MAX_BLOCK_BYTES = 15 * 1024 * 1024
+
+
+class Core:
+    """A single-writer append-only log. Create with `Core.create` or `Core.open`."""
+
+    def __init__(self, store: Store, row_id: int, key: bytes) -> None:
+        self.store = store
+        self._id = row_id
+        self.key = key
+        self.discovery_key = discovery_key(key)
+        self._secret_key: bytes | None = None
+        self._subscribers: list[Callable[[CoreEvent], None]] = []
+        self._reload()
+
+    # --- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, store: Store, keypair: KeyPair | None = None, *, compat: bool = False) -> Core:
+        """A writable core: generates a key pair if none is given and saves its secret key
+        (0600). Creating again with the same key pair opens the existing core."""
+        keypair = keypair or generate_keypair()
+        if len(keypair.secret_key) != 64 or keypair.secret_key[32:] != keypair.public_key:
+            raise ValueError("the key pair's secret key does not match its public key")
+        key = core_key(keypair.public_key, compat)
+        manifest = encode_manifest(default_manifest(keypair.public_key))
+        existing = store.read_secret_key(key)
+        if existing is not None and existing != keypair.secret_key:
+            raise CorruptStore(f"the store already holds a different secret key for core {key.hex()}")
+        if existing is None:
+            store.write_secret_key(key, keypair.secret_key)
+        # Node stores the default manifest for compat writers too; isCompat() tells them apart.
+        return cls._get(store, key, manifest)
+
+    @classmethod
+    def open(cls, store: Store, key: bytes) -> Core:
+        """The core with this key: writable if the store holds its secret key, else a reader
+        (an empty record is created for a key not seen before)."""
+        if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
+            raise ValueError(f"a core key must be {KEY_BYTES} bytes")
+        return cls._get(store, bytes(key), None)
+
+    @classmethod
+    def _get(cls, store: Store, key: bytes, manifest: bytes | None) -> Core:
+        core = store._cores.get(key)
+        if core is None:
+            try:
+                with store.transaction():
+                    store.db.execute(
+                        "INSERT OR IGNORE INTO cores (key, manifest) VALUES (?, ?)", (key, manifest)
+                    )
+                    if manifest is not None:
+                        store.db.execute(
+                            "UPDATE cores SET manifest=? WHERE key=? AND manifest IS NULL", (manifest, key)
+                        )
+                    (row_id,) = store.db.execute("SELECT id FROM cores WHERE key=?", (key,)).fetchone()
+            except sqlite3.DatabaseError as error:
+                raise _storage_error(error) from None
+            core = cls(store, row_id, key)
+            store._cores[key] = core
+        core._load_secret()
+        return core
+
+    def _load_secret(self) -> None:
+        secret = self.store.read_secret_key(self.key)
+        if secret is None:
+            return
+        public_key = secret[32:]
+        if self.key not in (public_key, core_key(public_key)):
+            raise CorruptStore(
+                f"secret key file {self.store.secret_key_path(self.key)} belongs to another core"
+            )
+        if self._manifest is not None and self._manifest.signers[0].public_key != public_key:
+            raise CorruptStore(f"the secret key does not match the manifest of core {self.key.hex()}")
+        if self.manifest is None:
+            # A writer always knows its manifest (compat writers keep it too, as Node does).
+            encoded = encode_manifest(default_manifest(public_key))
+            with self.store.transaction():
+                self.store.db.execute("UPDATE cores SET manifest=? WHERE id=?", (encoded, self._id))
+            self._set_manifest(encoded)
+        self._secret_key = secret
+
+    def _reload(self) -> None:
+        """Read the head from the database and check its signature."""
+        db = self.store.db
+        try:
+            row = db.execute(
+                "SELECT manifest, length, fork, byte_length, signature FROM cores WHERE id=?", (self._id,)
+            ).fetchone()
+            if row is None:
+                raise CorruptStore(f"core {self.key.hex()} vanished from the store")
+            manifest, self.length, self.fork, self.byte_length, self.signature = row
+            self._set_manifest(manifest)
+            self._roots = self._load_roots(self.length)
+            (self._contiguous,) = db.execute(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM blocks WHERE core=?1 AND idx=0) THEN"
+                " (SELECT MIN(idx) + 1 FROM blocks b WHERE core=?1 AND NOT EXISTS"
+                "  (SELECT 1 FROM blocks WHERE core=?1 AND idx=b.idx+1)) ELSE 0 END",
+                (self._id,),
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        self._contiguous = min(self._contiguous, self.length)
+        if self.length and (
+            self.signature is None
+            or not verify_tree(self.key, self._manifest, tree_hash(self._roots), self.length, self.fork, self.signature)
+        ):
+            raise CorruptStore(f"the stored signature of core {self.key.hex()} does not verify")
+
+    def _set_manifest(self, encoded: bytes | None) -> None:
+        if encoded is not None and manifest_hash(encoded) != self.key and not _compat_manifest(self.key, encoded):
+            raise CorruptStore(f"the stored manifest does not belong to core {self.key.hex()}")
+        self.manifest: bytes | None = encoded
+        self._manifest: Manifest | None = decode_manifest(encoded) if encoded is not None else None
+
+    def _load_roots(self, length: int) -> list[TreeNode]:
+        roots = []
+        for index in flat_tree.full_roots(2 * length):
+            node = self._node(index)
+            if node is None:
+                raise CorruptStore(f"core {self.key.hex()} lacks root node {index} of its length {length}")
+            roots.append(node)
+        return roots
+
+    # --- properties --------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        return self._secret_key is not None
+
+    @property
+    def compat(self) -> bool:
+        """True for compat cores (key = public key), and for readers holding no manifest yet
+        (Node assumes compat then)."""
+        return self._manifest is None or is_compat(self.key, self._manifest)
+
+    @property
+    def has_manifest(self) -> bool:
+        return self._manifest is not None and not self.compat
+
+    @property
+    def public_key(self) -> bytes | None:
+        if self._manifest is not None and self._manifest.signers:
+            return self._manifest.signers[0].public_key
+        return None
+
+    @property
+    def contiguous_length(self) -> int:
+        """Blocks 0..n-1 are all held here."""
+        return self._contiguous
+
+    @property
+    def roots(self) -> list[TreeNode]:
+        return list(self._roots)
+
+    def tree_hash(self) -> bytes:
+        return tree_hash(self._roots)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def get(self, i: int) -> bytes:
+        """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
+        try:
+            row = self.store.db.execute(
+                "SELECT b.value, n.hash FROM blocks b LEFT JOIN nodes n ON n.core=b.core AND n.idx=2*b.idx"
+                " WHERE b.core=? AND b.idx=?",
+                (self._id, i),
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        if row is None:
+            raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
+        value, expected = row
+        if expected is None or leaf_hash(value) != expected:
+            raise CorruptStore(f"block {i} of core {self.key.hex()} is damaged in the store")
+        return value
+
+    def has(self, i: int) -> bool:
+        if i < self._contiguous:
+            return True
+        return (
+            self.store.db.execute("SELECT 1 FROM blocks WHERE core=? AND idx=?", (self._id, i)).fetchone()
+            is not None
+        )
+
+    def _node(self, index: int) -> TreeNode | None:
+        row = self.store.db.execute(
+            "SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)
+        ).fetchone()
+        return None if row is None else TreeNode(index, row[0], row[1])
+
+    def _block(self, i: int) -> bytes | None:
+        try:
+            return self.get(i)
+        except KeyError:
+            return None
+
+    def missing_nodes(self, block_index: int) -> int:
+        """The `nodes` count to put in a request for this block (Node's missingNodes):
+        levels from the leaf up to the nearest node we hold."""
+        head = 2 * self.length
+        index = 2 * block_index
+        if flat_tree.right_span(index) >= head:
+            return 0
+        count = 0
+        while not flat_tree.contains(index, head) and self._node(index) is None:
+            count += 1
+            index = flat_tree.parent(index)
+        return count
+
+    # --- writing -----------------------------------------------------------------------
+
+    def append(self, blocks: Sequence[bytes]) -> int:
+        """Append blocks, sign the new head, commit in one transaction; returns the new length."""
+        if self._secret_key is None:
+            raise NotWritable(f"core {self.key.hex()[:16]}... is read-only here (no secret key)")
+        for block in blocks:
+            if not isinstance(block, (bytes, bytearray, memoryview)):
+                raise TypeError(f"blocks must be bytes, got {type(block).__name__}")
+            if len(block) > MAX_BLOCK_BYTES:
+                raise ValueError(f"a block of {len(block)} bytes is over the {MAX_BLOCK_BYTES} byte limit")
+        if not blocks:
+            return self.length
+        blocks = [bytes(b) for b in blocks]
+        start = self.length
+        roots, new_nodes = append_leaves(self._roots, start, blocks)
+        length = start + len(blocks)
+        byte_length = self.byte_length + sum(map(len, blocks))
+        signature = sign_tree(self._secret_key, self.key, self.compat, tree_hash(roots), length, self.fork)
+        cid = self._id
+        with self.transaction():
+            self.store.touched(self)
+            db = self.store.db
+            db.executemany("INSERT INTO blocks VALUES (?, ?, ?)", [(cid, start + i, b) for i, b in enumerate(blocks)])
+            db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in new_nodes])
+            db.execute(
+                "UPDATE cores SET length=?, byte_length=?, signature=? WHERE id=?",
+                (length, byte_length, signature, cid),
+            )
+            self.length, self.byte_length, self.signature, self._roots = length, byte_length, signature, roots
+            if self._contiguous == start:
+                self._contiguous = length
+            self._emit(CoreEvent("append", length, None))
+        return length
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Many appends / verify_and_apply calls in one SQLite transaction."""
+        try:
+            with self.store.transaction():
+                yield
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    # --- replication -------------------------------------------------------------------
+
+    def proof(self, req: ProofRequest) -> Proof:
+        """The proof answering a peer's request; ProofUnavailable(reason) if we cannot."""
+        return generate_proof(
+            req,
+            length=self.length,
+            fork=self.fork,
+            signature=self.signature or b"",
+            get_node=self._node,
+            get_block=self._block,
+            manifest=self.manifest if self.has_manifest else None,
+        )
+
+    def verify_and_apply(self, proof: Proof) -> list[CoreEvent]:
+        """Check a proof; store its manifest, nodes, block and upgrade. Raises
+        VerificationError and stores nothing if it does not check out."""
+        v = verify_proof(
+            proof,
+            key=self.key,
+            manifest=self._manifest,
+            length=self.length,
+            fork=self.fork,
+            get_node=self._node,
+        )
+        events: list[CoreEvent] = []
+        cid = self._id
+        with self.transaction():
+            self.store.touched(self)
+            db = self.store.db
+            if v.manifest is not None and self.manifest is None:
+                db.execute("UPDATE cores SET manifest=? WHERE id=?", (v.manifest, cid))
+                self._set_manifest(v.manifest)
+            if v.nodes:
+                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in v.nodes])
+            if v.upgraded and (v.length > self.length or (self.length == 0 and v.fork != self.fork)):
+                byte_length = sum(r.size for r in v.roots)
+                db.execute(
+                    "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
+                    (v.length, v.fork, byte_length, v.signature, cid),
+                )
+                self.length, self.fork, self.byte_length = v.length, v.fork, byte_length
+                self.signature, self._roots = v.signature, v.roots
+                events.append(CoreEvent("upgrade", v.length, None))
+            if v.block is not None and not self.has(v.block[0]):
+                index, value = v.block
+                db.execute("INSERT INTO blocks VALUES (?, ?, ?)", (cid, index, value))
+                if index == self._contiguous:
+                    self._advance_contiguous()
+                events.append(CoreEvent("block", self.length, index))
+            for event in events:
+                self._emit(event)
+        return events
+
+    def _advance_contiguous(self) -> None:
+        n = self._contiguous
+        while self.store.db.execute("SELECT 1 FROM blocks WHERE core=? AND idx=?", (self._id, n)).fetchone():
+            n += 1
+        self._contiguous = n
+
+    # --- events ------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[CoreEvent], None]) -> Callable[[], None]:
+        """Call `callback(event)` after each committed change; returns the unsubscribe function."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, event: CoreEvent) -> None:
+        def deliver() -> None:
+            for callback in list(self._subscribers):
+                callback(event)
+
+        self.store.after_commit(deliver)
+
+    # --- checking ----------------------------------------------------------------------
+
+    def audit(self) -> None:
+        """Re-verify everything stored: every block against its leaf, every parent node
+        against its children, the roots against the signature. Raises CorruptStore."""
+        db = self.store.db
+        where = f"core {self.key.hex()[:16]}..."
+        try:
+            nodes = {i: TreeNode(i, s, h) for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))}
+            for i, value in db.execute("SELECT idx, value FROM blocks WHERE core=?", (self._id,)):
+                if i >= self.length:
+                    raise CorruptStore(f"{where}: block {i} lies beyond the length {self.length}")
+                leaf = nodes.get(2 * i)
+                if leaf is None or leaf.hash != leaf_hash(value) or leaf.size != len(value):
+                    raise CorruptStore(f"{where}: block {i} does not match its tree node")
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        for index, node in nodes.items():
+            kids = flat_tree.children(index)
+            if kids and kids[0] in nodes and kids[1] in nodes:
+                if parent_node(index, nodes[kids[0]], nodes[kids[1]]) != node:
+                    raise CorruptStore(f"{where}: tree node {index} does not match its children")
+        roots = [nodes.get(r) for r in flat_tree.full_roots(2 * self.length)]
+        if None in roots:
+            raise CorruptStore(f"{where}: a root of length {self.length} is missing")
+        if self.length and not verify_tree(
+            self.key, self._manifest, tree_hash(roots), self.length, self.fork, self.signature or b""
+        ):
+            raise CorruptStore(f"{where}: the signature does not verify")
+
+    def __repr__(self) -> str:
+        mode = "writer" if self.writable else "reader"
+        return f"<Core {self.key.hex()[:16]}... {mode} length={self.length} fork={self.fork}>"
+
+
+def _compat_manifest(key: bytes, encoded: bytes) -> bool:
+    try:
+        return is_compat(key, decode_manifest(encoded))
+    except ValueError:
+        return False

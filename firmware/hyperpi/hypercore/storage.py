@@ -1,0 +1,215 @@
+"""One SQLite file holding many cores, plus a `keys/` folder of secret key files.
+
+Layout of a store directory:
+    cores.db      SQLite in WAL mode: tables `cores` (head of each core: length, fork,
+                  signature, manifest), `nodes` (Merkle tree nodes) and `blocks` (values)
+    keys/         0700; one 0600 file `<hex core key>.secret` per writable core (64 bytes,
+                  libsodium's seed || public key). Secret keys never enter the database.
+
+Crash safety: every append or applied proof is one SQLite transaction, so a reopened store
+shows the old or the new head, never a mix. We run WAL with synchronous=NORMAL: a killed
+process loses nothing that was committed (the WAL is in the OS page cache), and a power
+cut can roll back the last few commits but never corrupts the file or tears a head from
+its nodes and signature. FULL would fsync on every append; a chat device prefers the speed
+and re-fetches anything lost from its peers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import CorruptStore, StorageError
+
+if TYPE_CHECKING:
+    from .core import Core
+
+DB_NAME = "cores.db"
+KEYS_DIR = "keys"
+FORMAT = "hyperpi-store-1"
+SECRET_KEY_BYTES = 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cores (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    manifest BLOB,
+    length INTEGER NOT NULL DEFAULT 0,
+    fork INTEGER NOT NULL DEFAULT 0,
+    byte_length INTEGER NOT NULL DEFAULT 0,
+    signature BLOB
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    core INTEGER NOT NULL, idx INTEGER NOT NULL, size INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (core, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    core INTEGER NOT NULL, idx INTEGER NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (core, idx)
+) WITHOUT ROWID;
+"""
+
+
+class Store:
+    """A directory holding the SQLite file of many cores and their secret key files.
+
+    Use as a context manager or call close(). One Core object exists per key per store, so
+    every user of a core sees the same head and the same subscribers.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+            if stat.S_IMODE(self.keys_dir.stat().st_mode) & 0o077:
+                os.chmod(self.keys_dir, 0o700)  # a key folder others can list leaks key names
+        except OSError as error:
+            raise StorageError(f"cannot use {self.path} as a store: {error.strerror}") from None
+        self.db_path = self.path / DB_NAME
+        self._cores: dict[bytes, Core] = {}
+        self._depth = 0  # nesting of transaction()
+        self._touched: list[Core] = []  # cores changed in the open transaction
+        self._after_commit: list[Callable[[], None]] = []
+        try:
+            self.db = sqlite3.connect(self.db_path, isolation_level=None)
+            self._setup()
+        except sqlite3.DatabaseError as error:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise CorruptStore(f"{self.db_path} is damaged or not a hyperpi store ({error})") from None
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path / KEYS_DIR
+
+    def _setup(self) -> None:
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        # quick_check reads every page once: cheap at chat-log sizes, and it turns a damaged
+        # or truncated file into one clear error at open instead of odd failures later.
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {result}")
+        db.executescript(SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+        elif row[0] != FORMAT:
+            raise sqlite3.DatabaseError(f"unknown store format {row[0]!r}")
+
+    def close(self) -> None:
+        if self._depth:
+            raise StorageError("cannot close a store inside a transaction")
+        self._cores.clear()
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transactions ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: the outermost block is one SQLite transaction; inner blocks are
+        savepoints, so a failed inner step undoes only itself. Subscribers are called after
+        the outermost commit."""
+        outer = self._depth == 0
+        self._depth += 1
+        try:
+            self.db.execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT s{self._depth}")
+        except sqlite3.DatabaseError as error:
+            self._depth -= 1
+            raise _storage_error(error) from None
+        try:
+            yield
+        except BaseException:
+            self._rollback(outer)
+            raise
+        else:
+            try:
+                self.db.execute("COMMIT" if outer else f"RELEASE s{self._depth}")
+            except sqlite3.DatabaseError as error:
+                self._rollback(outer)
+                raise _storage_error(error) from None
+        finally:
+            self._depth -= 1
+        if outer:
+            self._touched.clear()
+            callbacks, self._after_commit = self._after_commit, []
+            for callback in callbacks:
+                callback()
+
+    def _rollback(self, outer: bool) -> None:
+        with contextlib.suppress(sqlite3.DatabaseError):
+            if outer:
+                self.db.execute("ROLLBACK")
+            else:
+                self.db.execute(f"ROLLBACK TO s{self._depth}")
+                self.db.execute(f"RELEASE s{self._depth}")
+        # In-memory heads of the cores written in the undone part must follow the database.
+        for core in self._touched:
+            core._reload()
+        if outer:
+            self._touched.clear()
+            self._after_commit.clear()
+
+    def touched(self, core: Core) -> None:
+        if core not in self._touched:
+            self._touched.append(core)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run callback once the current outermost transaction has committed."""
+        self._after_commit.append(callback)
+
+    # --- secret key files ----------------------------------------------------------------
+
+    def secret_key_path(self, key: bytes) -> Path:
+        return self.keys_dir / f"{key.hex()}.secret"
+
+    def write_secret_key(self, key: bytes, secret_key: bytes) -> None:
+        """Write the 0600 key file atomically (temp file, fsync, rename)."""
+        path = self.secret_key_path(key)
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secret_key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def read_secret_key(self, key: bytes) -> bytes | None:
+        """The secret key for a core key, None if this store has none."""
+        path = self.secret_key_path(key)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            return None
+        if mode & 0o077:
+            raise StorageError(
+                f"secret key file {path} is readable by others (mode {mode:o}); "
+                f"run `chmod 600 {path}` and try again"
+            )
+        data = path.read_bytes()
+        if len(data) != SECRET_KEY_BYTES:
+            raise CorruptStore(f"secret key file {path} is damaged ({len(data)} bytes, expected 64)")
+        return data
+
+
+def _storage_error(error: sqlite3.DatabaseError) -> StorageError:
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        return StorageError(f"the store is busy in another process ({error})")
+    return CorruptStore(f"the store database failed: {error}")
