@@ -216,16 +216,14 @@ class Core:
         """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
         try:
             row = self.store.db.execute(
-                "SELECT b.value, n.hash FROM blocks b LEFT JOIN nodes n ON n.core=b.core AND n.idx=2*b.idx"
-                " WHERE b.core=? AND b.idx=?",
-                (self._id, i),
+                "SELECT value, hash FROM blocks WHERE core=? AND idx=?", (self._id, i)
             ).fetchone()
         except sqlite3.DatabaseError as error:
             raise _storage_error(error) from None
         if row is None:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row
-        if expected is None or leaf_hash(value) != expected:
+        if leaf_hash(value) != expected:
             raise CorruptStore(f"block {i} of core {self.key.hex()} is damaged in the store")
         return value
 
@@ -238,9 +236,12 @@ class Core:
         )
 
     def _node(self, index: int) -> TreeNode | None:
-        row = self.store.db.execute(
-            "SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)
-        ).fetchone()
+        db = self.store.db
+        row = db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)).fetchone()
+        if row is None and not index & 1:  # the leaf of a held block lives in its block row
+            row = db.execute(
+                "SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (self._id, index // 2)
+            ).fetchone()
         return None if row is None else TreeNode(index, row[0], row[1])
 
     def _block(self, i: int) -> bytes | None:
@@ -285,8 +286,12 @@ class Core:
         with self.transaction():
             self.store.touched(self)
             db = self.store.db
-            db.executemany("INSERT INTO blocks VALUES (?, ?, ?)", [(cid, start + i, b) for i, b in enumerate(blocks)])
-            db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in new_nodes])
+            leaves = [n for n in new_nodes if not n.index & 1]
+            db.executemany(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?)",
+                [(cid, start + i, b, leaf.hash) for i, (b, leaf) in enumerate(zip(blocks, leaves))],
+            )
+            db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in new_nodes if n.index & 1])
             db.execute(
                 "UPDATE cores SET length=?, byte_length=?, signature=? WHERE id=?",
                 (length, byte_length, signature, cid),
@@ -352,7 +357,7 @@ class Core:
                 events.append(CoreEvent("upgrade", v.length, None))
             if v.block is not None and not self.has(v.block[0]):
                 index, value = v.block
-                db.execute("INSERT INTO blocks VALUES (?, ?, ?)", (cid, index, value))
+                db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?)", (cid, index, value, leaf_hash(value)))
                 if index == self._contiguous:
                     self._advance_contiguous()
                 events.append(CoreEvent("block", self.length, index))
@@ -394,11 +399,11 @@ class Core:
         where = f"core {self.key.hex()[:16]}..."
         try:
             nodes = {i: TreeNode(i, s, h) for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))}
-            for i, value in db.execute("SELECT idx, value FROM blocks WHERE core=?", (self._id,)):
+            for i, value, expected in db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (self._id,)):
                 if i >= self.length:
                     raise CorruptStore(f"{where}: block {i} lies beyond the length {self.length}")
-                leaf = nodes.get(2 * i)
-                if leaf is None or leaf.hash != leaf_hash(value) or leaf.size != len(value):
+                leaf = TreeNode(2 * i, len(value), leaf_hash(value))
+                if leaf.hash != expected or nodes.setdefault(2 * i, leaf) != leaf:
                     raise CorruptStore(f"{where}: block {i} does not match its tree node")
         except sqlite3.DatabaseError as error:
             raise _storage_error(error) from None

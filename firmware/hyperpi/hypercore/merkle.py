@@ -50,25 +50,36 @@ def tree_hash(roots: Iterable[TreeNode]) -> bytes:
 def append_leaves(
     roots: list[TreeNode], first_block: int, blocks: Sequence[bytes]
 ) -> tuple[list[TreeNode], list[TreeNode]]:
-    """Append blocks to a tree given by its roots: (new roots, every new node in order)."""
+    """Append blocks to a tree given by its roots: (new roots, every new node in order).
+
+    Hot path of every append: the flat-tree math is inlined. After block n lands, the
+    tree has n + 1 blocks, and the new leaf merges with one root per trailing zero bit of
+    n + 1; the parent made at depth d sits at offset n >> d.
+    """
     roots = list(roots)
     new_nodes: list[TreeNode] = []
-    index = 2 * first_block
+    append = new_nodes.append
+    n = first_block
     for block in blocks:
+        size = len(block)
         node = TreeNode(
-            index,
-            len(block),
-            blake2b(_LEAF + len(block).to_bytes(8, "little") + block, digest_size=32).digest(),
+            2 * n, size, blake2b(_LEAF + size.to_bytes(8, "little") + block, digest_size=32).digest()
         )
-        new_nodes.append(node)
-        # Merge equal-depth roots: the new leaf's left neighbour root is its sibling
-        # exactly when the leaf is a right child, and so on upward.
-        while roots and flat_tree.sibling(node.index) == roots[-1].index:
+        append(node)
+        merges = ((n + 1) & -(n + 1)).bit_length() - 1
+        for d in range(1, merges + 1):
             left = roots.pop()
-            node = parent_node(flat_tree.parent(node.index), left, node)
-            new_nodes.append(node)
+            size = left.size + node.size
+            node = TreeNode(
+                (((n >> d) << 1 | 1) << d) - 1,
+                size,
+                blake2b(
+                    _PARENT + size.to_bytes(8, "little") + left.hash + node.hash, digest_size=32
+                ).digest(),
+            )
+            append(node)
         roots.append(node)
-        index += 2
+        n += 1
     return roots, new_nodes
 
 

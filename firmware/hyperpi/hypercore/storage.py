@@ -2,7 +2,9 @@
 
 Layout of a store directory:
     cores.db      SQLite in WAL mode: tables `cores` (head of each core: length, fork,
-                  signature, manifest), `nodes` (Merkle tree nodes) and `blocks` (values)
+                  signature, manifest), `nodes` (Merkle tree nodes) and `blocks` (values
+                  with their leaf hash: the leaf node of a held block lives in its block
+                  row, which saves a row per block on the append path)
     keys/         0700; one 0600 file `<hex core key>.secret` per writable core (64 bytes,
                   libsodium's seed || public key). Secret keys never enter the database.
 
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     PRIMARY KEY (core, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blocks (
-    core INTEGER NOT NULL, idx INTEGER NOT NULL, value BLOB NOT NULL,
+    core INTEGER NOT NULL, idx INTEGER NOT NULL, value BLOB NOT NULL, hash BLOB NOT NULL,
     PRIMARY KEY (core, idx)
 ) WITHOUT ROWID;
 """
