@@ -1,0 +1,146 @@
+"""The device's UI as a state machine: button actions and feed changes in, a frame out.
+
+Modes: the splash at boot, the chat screen, the pairing screen. No I/O here: the service asks
+`handle(action)` what a button does (a `Send` means "append this text to the own feed") and
+`frame(screen)` for the picture, so the UI is tested without threads, pins or screens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .render import ChatFrame, Line, Screen, render_chat, render_pairing, render_splash
+from .timeline import Collapsed, Presets, Timeline
+
+SPLASH_SECONDS = 2.0  # long enough to read the name, short enough not to be in the way
+SEND_FLASH_SECONDS = 1.0  # the preset bar shows "*" this long after a send
+MAX_LINES_RENDERED = 48  # more than any screen shows; keeps a frame's work bounded
+
+
+@dataclass(frozen=True)
+class Send:
+    """Append this text to the device's own feed."""
+
+    text: str
+
+
+def format_age(ms: int) -> str:
+    """Relative age in at most 3-4 characters: now, 42s, 5m, 3h, 2d."""
+    s = max(0, ms) // 1000
+    if s < 10:
+        return "now"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+class DeviceApp:
+    def __init__(self, name: str, timeline: Timeline, presets: Presets, *, clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.timeline = timeline
+        self.presets = presets
+        self._clock = clock
+        self.mode = "splash"
+        self._started = clock()
+        self._sent_at = -math.inf
+        self.scroll = 0  # messages up from the newest
+        self.network_up = False
+        self.peers = 0
+
+    # -- input ----------------------------------------------------------------------------
+    def handle(self, action: str) -> Send | None:
+        """Apply one button action; any press also marks what is on screen as read."""
+        self.timeline.mark_read()
+        if self.mode != "chat":  # any press leaves the splash or the pairing screen
+            self.mode = "chat"
+            return None
+        if action == "next":
+            self.presets.next()
+        elif action == "prev":
+            self.presets.prev()
+        elif action == "up":
+            # Two-button boards scroll only up: past the oldest message it wraps to the newest.
+            n = len(self.timeline.view())
+            self.scroll = self.scroll + 1 if self.scroll + 1 < n else 0
+        elif action == "down":
+            self.scroll = max(0, self.scroll - 1)
+        elif action == "pair":
+            self.mode = "pairing"
+        elif action == "send":
+            self.scroll = 0
+            self._sent_at = self._clock()
+            return Send(self.presets.current)
+        return None
+
+    def tick(self) -> bool:
+        """Time passing: leave the splash when due; True if the mode changed."""
+        if self.mode == "splash" and self._clock() - self._started >= SPLASH_SECONDS:
+            self.mode = "chat"
+            return True
+        return False
+
+    # -- output ---------------------------------------------------------------------------
+    def status(self) -> str:
+        if not self.network_up:
+            return "no network"
+        if self.peers == 0:
+            return "no peers yet"
+        return f"{self.peers} peer" + ("s" if self.peers != 1 else "")
+
+    def chat_frame(self) -> ChatFrame:
+        now_ms = int(self._clock() * 1000)
+        items = self.timeline.view()
+        self.scroll = min(self.scroll, max(0, len(items) - 1))
+        end = len(items) - self.scroll
+        lines = []
+        for item in items[max(0, end - MAX_LINES_RENDERED) : end]:
+            if isinstance(item, Collapsed):
+                lines.append(Line(self.timeline.name_of(item.feed), "", str(item.count), item.feed, collapsed=True))
+                continue
+            own = item.feed == self.timeline.own_key
+            lines.append(
+                Line(
+                    sender=self.name if own else self.timeline.name_of(item.feed),
+                    age=format_age(now_ms - item.time_ms),
+                    text=item.text,
+                    sender_key=item.feed,
+                    unread=item.unread,
+                    own=own,
+                    delivered=self.timeline.delivered(item) if own else None,
+                )
+            )
+        return ChatFrame(
+            name=self.name,
+            status=self.status(),
+            unread=self.timeline.unread_count,
+            lines=tuple(lines),
+            preset=self.presets.current,
+            preset_pos=f"{self.presets.index + 1}/{len(self.presets.items)}",
+            scroll=self.scroll,
+            sending=self._clock() - self._sent_at < SEND_FLASH_SECONDS,
+        )
+
+    def frame(self, screen: Screen) -> Image.Image:
+        if self.mode == "splash":
+            return render_splash(screen, self.name)
+        if self.mode == "pairing":
+            return render_pairing(screen, self.timeline.own_key, self.name)
+        return render_chat(screen, self.chat_frame())
+
+    def next_change_in(self) -> float:
+        """Seconds until the frame may change by itself (splash end, send flash, ages)."""
+        now = self._clock()
+        if self.mode == "splash":
+            return max(0.0, self._started + SPLASH_SECONDS - now)
+        if now - self._sent_at < SEND_FLASH_SECONDS:
+            return self._sent_at + SEND_FLASH_SECONDS - now
+        return 1.0  # ages tick in seconds for the first minute; unchanged frames are not redrawn

@@ -1,0 +1,93 @@
+"""The screen: a board profile's luma device, shown only on change and at a bounded rate.
+
+luma drives the panels (`ssd1306` over I2C, `st7789` over SPI, `linux_framebuffer` for HDMI);
+its `dummy` device stands in for all of them in tests and simulation, holding the last frame
+as a PIL image. Frames come from render.py and never know which device shows them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .boards import Board
+from .render import Screen
+
+# A full 320x240 RGB frame over SPI takes about 40 ms at luma's 32 MHz and a 128x64 frame over
+# 400 kHz I2C about 25 ms: ten frames a second leaves the CPU mostly idle on a Pi Zero 2 W.
+MIN_FRAME_INTERVAL = 0.1
+SPI_SPEED_HZ = 32_000_000  # luma's fastest documented rate for the ST7789
+
+
+def open_device(board: Board, *, dummy: bool = False) -> Any | None:
+    """The luma device for `board` (None for headless boards); `dummy` for tests/simulation."""
+    spec = board.display
+    if spec is None:
+        return None
+    if dummy:
+        from luma.core.device import dummy as dummy_device
+
+        return dummy_device(width=spec.width, height=spec.height, mode=spec.mode)
+    if spec.driver == "ssd1306":
+        from luma.core.interface.serial import i2c
+        from luma.oled.device import ssd1306
+
+        return ssd1306(i2c(port=spec.i2c_port, address=spec.i2c_address), width=spec.width, height=spec.height, rotate=spec.rotate)
+    if spec.driver == "st7789":
+        from luma.core.interface.serial import spi
+        from luma.lcd.device import st7789
+
+        serial = spi(port=spec.spi_port, device=spec.spi_device, gpio_DC=spec.gpio_dc, gpio_RST=None, bus_speed_hz=SPI_SPEED_HZ)
+        return st7789(serial, width=spec.width, height=spec.height, rotate=spec.rotate, gpio_LIGHT=spec.gpio_backlight, active_low=False)
+    if spec.driver == "framebuffer":
+        from luma.core.device import linux_framebuffer
+
+        return linux_framebuffer(device=spec.fb_device)
+    raise ValueError(f"unknown display driver {spec.driver!r}")
+
+
+class Display:
+    """Shows frames on a luma device: skips frames equal to the last one, and says how long to
+    wait before the next may be shown, so bursts of changes cost one redraw."""
+
+    def __init__(self, device: Any, *, min_interval: float = MIN_FRAME_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.device = device
+        self.screen = Screen(device.width, device.height, "1" if device.mode == "1" else "RGB")
+        self.min_interval = min_interval
+        self._clock = clock
+        self._last_bytes: bytes | None = None
+        self._last_time = float("-inf")
+        self.last_frame: Image.Image | None = None
+        self.frames_shown = 0
+
+    def wait_time(self) -> float:
+        """Seconds until another frame may be shown (0 when one may be shown now)."""
+        return max(0.0, self._last_time + self.min_interval - self._clock())
+
+    def show(self, image: Image.Image) -> bool:
+        """Show `image` unless it equals the frame on screen; True if it was sent to the device."""
+        if image.mode != self.device.mode:
+            image = image.convert(self.device.mode)
+        data = image.tobytes()
+        if data == self._last_bytes:
+            return False
+        self.device.display(image)
+        self._last_bytes = data
+        self._last_time = self._clock()
+        self.last_frame = image
+        self.frames_shown += 1
+        return True
+
+    def save(self, path: Path) -> None:
+        """Write the frame on screen as a PNG (simulation, README pictures)."""
+        if self.last_frame is not None:
+            self.last_frame.save(path)
+
+    def close(self) -> None:
+        cleanup = getattr(self.device, "cleanup", None)
+        if cleanup is not None:
+            cleanup()

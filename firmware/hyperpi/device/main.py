@@ -1,0 +1,277 @@
+"""`hyperpi-device`: the chat service's process: settings, secrets, logging, signals, systemd.
+
+    hyperpi-device [--config /etc/hyperpi/device.toml] [--state-dir DIR]
+    hyperpi-device --simulate [--frames DIR]
+
+`--simulate` runs the same service on a laptop: gpiozero's mock pins instead of GPIO, luma's
+dummy device instead of the panel. Keys typed in the terminal (or lines on a piped stdin) press
+the board's buttons: the first letter of a button's name presses it, the capital letter holds
+it; `p` saves the screen as a PNG, `q` quits. With a terminal on stdout each new frame is drawn
+there in colour half-blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from hyperpi.hypercore import Core, KeyPair, Store, StorageError, generate_keypair
+
+from . import notify
+from .boards import get_board
+from .buttons import Buttons
+from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
+from .display import Display, open_device
+from .service import DeviceService
+
+log = logging.getLogger("hyperpi.device")
+
+EX_UNAVAILABLE = 69  # sysexits.h: a service this one needs (the state directory) is unavailable
+FEED_SECRET = "feed.secret"  # 64-byte Ed25519 secret key (seed || public key) of the own feed
+NOISE_SECRET = "noise.secret"  # 64-byte Ed25519 secret key: the device's Noise static identity
+
+# The network's entry point, added by the swarm work: `async run(service, config, noise, stop)`.
+NetworkRunner = Callable[[DeviceService, DeviceConfig, KeyPair, asyncio.Event], Awaitable[None]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hyperpi-device", description="The hyperpi chat service.")
+    p.add_argument("--config", type=Path, default=Path(os.environ.get("HYPERPI_DEVICE_CONFIG", DEFAULT_CONFIG)), help=f"settings file (default {DEFAULT_CONFIG})")
+    p.add_argument("--state-dir", type=Path, help="where feeds and secrets live (default: the config's state_dir)")
+    p.add_argument("--simulate", action="store_true", help="mock GPIO pins driven from the keyboard, screen in the terminal")
+    p.add_argument("--frames", type=Path, help="save every new screen frame as a PNG in this folder")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def load_secret(path: Path) -> KeyPair:
+    """The key pair in a 0600 file of 64 bytes, made on first start; refuses a readable one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        keypair = generate_keypair()
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, keypair.secret_key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(path.with_suffix(".tmp"), path)
+        return keypair
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise StorageError(f"{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
+    if len(data) != 64 or generate_keypair(data[:32]).secret_key != data:
+        raise StorageError(f"{path} is not a 64-byte Ed25519 secret key")
+    return KeyPair(data[32:], data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"hyperpi-device: {e}", file=sys.stderr)
+        return EX_CONFIG
+    state_dir = args.state_dir or config.state_dir
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        feed_keys = load_secret(state_dir / FEED_SECRET)
+        noise_keys = load_secret(state_dir / NOISE_SECRET)
+        store = Store(state_dir / "store")
+    except (OSError, StorageError) as e:
+        print(f"hyperpi-device: state directory {state_dir}: {e}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    try:
+        return asyncio.run(run(config, store, feed_keys, noise_keys, args, started))
+    finally:
+        store.close()
+
+
+def _network_runner() -> NetworkRunner | None:
+    try:
+        from . import network  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return network.run
+
+
+async def run(config: DeviceConfig, store: Store, feed_keys: KeyPair, noise_keys: KeyPair, args: Any, started: float) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    board = get_board(config.board).with_pins(config.buttons)
+
+    display = None
+    try:
+        device = open_device(board, dummy=args.simulate)
+        display = Display(device) if device is not None else None
+    except Exception as e:  # a missing or unwired panel must not stop the chat service
+        log.error("no screen: cannot open the %s display: %s", board.name, e)
+
+    own = Core.create(store, feed_keys)
+    service = DeviceService(config, store, own, display=display, state_dir=args.state_dir or config.state_dir)
+    log.info("device %s (%s), feed %s", config.name, board.name, own.key.hex())
+
+    pin_factory = None
+    if args.simulate:
+        from gpiozero.pins.mock import MockFactory
+
+        pin_factory = MockFactory()
+    buttons = None
+    try:
+        buttons = Buttons(board.buttons, service.handle_button, loop, pin_factory=pin_factory)
+    except Exception as e:  # not on a Pi, or GPIO busy: the service still replicates and shows
+        log.error("no buttons: %s", e)
+
+    if display is not None and args.frames:
+        args.frames.mkdir(parents=True, exist_ok=True)
+        _save_every_frame(display, args.frames)
+    if display is not None and args.simulate and sys.stdout.isatty():
+        _draw_in_terminal(display)
+    if args.simulate and buttons is not None:
+        _read_keyboard(loop, buttons, display, args.frames or Path("."), stop)
+
+    service.start()
+    tasks = [asyncio.ensure_future(service.run(stop))]
+    network = _network_runner()
+    if network is not None:
+        tasks.append(asyncio.ensure_future(network(service, config, noise_keys, stop)))
+    else:
+        service.set_network(False, 0)
+    interval = notify.watchdog_interval()
+    if interval:
+        tasks.append(asyncio.ensure_future(_watchdog(interval, stop)))
+
+    notify.notify("READY=1")
+    log.info("ready in %.0f ms", (time.monotonic() - started) * 1000)
+    await stop.wait()
+
+    notify.notify("STOPPING=1")
+    log.info("stopping")
+    for task in tasks:  # the network runner says goodbye on mDNS when cancelled
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if buttons is not None:
+        buttons.close()
+    service.close()
+    return 0
+
+
+async def _watchdog(interval: float, stop: asyncio.Event) -> None:
+    # Pings come from the event loop itself, so a hung loop stops them and systemd restarts us.
+    while not stop.is_set():
+        notify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _save_every_frame(display: Display, folder: Path) -> None:
+    show = display.show
+    count = 0
+
+    def show_and_save(image: Any) -> bool:
+        nonlocal count
+        shown = show(image)
+        if shown:
+            count += 1
+            display.save(folder / f"frame-{count:05d}.png")
+            display.save(folder / "latest.png")
+        return shown
+
+    display.show = show_and_save  # type: ignore[method-assign]
+
+
+def _draw_in_terminal(display: Display) -> None:
+    import shutil
+
+    show = display.show
+
+    def show_and_draw(image: Any) -> bool:
+        shown = show(image)
+        if shown and display.last_frame is not None:
+            cols = shutil.get_terminal_size((80, 24)).columns
+            sys.stdout.write("\x1b[H\x1b[2J" + terminal_art(display.last_frame, cols) + "\n")
+            sys.stdout.flush()
+        return shown
+
+    display.show = show_and_draw  # type: ignore[method-assign]
+
+
+def terminal_art(image: Any, max_cols: int) -> str:
+    """The frame in 24-bit colour half-blocks: one character cell shows two pixel rows."""
+    img = image.convert("RGB")
+    if img.width > max_cols:
+        img = img.resize((max_cols, max(2, img.height * max_cols // img.width)))
+    px = img.load()
+    rows = []
+    for y in range(0, img.height - 1, 2):
+        cells = []
+        for x in range(img.width):
+            (r, g, b), (r2, g2, b2) = px[x, y], px[x, y + 1]
+            cells.append(f"\x1b[38;2;{r};{g};{b}m\x1b[48;2;{r2};{g2};{b2}m▀")
+        rows.append("".join(cells) + "\x1b[0m")
+    return "\n".join(rows)
+
+
+def _read_keyboard(loop: asyncio.AbstractEventLoop, buttons: Buttons, display: Display | None, folder: Path, stop: asyncio.Event) -> None:
+    """Keys press mock buttons: first letter presses, capital holds; p saves a PNG; q quits."""
+    from .buttons import HOLD_SECONDS
+
+    keys = {name[0].lower(): name for name in buttons.buttons}
+    saved = 0
+    if sys.stdin.isatty():
+        import termios
+        import tty
+
+        old = termios.tcgetattr(sys.stdin)
+        tty.setcbreak(sys.stdin.fileno())
+        import atexit
+
+        atexit.register(termios.tcsetattr, sys.stdin, termios.TCSADRAIN, old)
+    log.info("simulated buttons: %s (capital letter: hold); p: save screen; q: quit", ", ".join(f"{k}={v}" for k, v in keys.items()))
+
+    async def press(name: str, hold: bool) -> None:
+        pin = buttons.pin(name)
+        pin.drive_low()
+        await asyncio.sleep(HOLD_SECONDS + 0.3 if hold else 0.05)
+        pin.drive_high()
+
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def worker() -> None:  # one key at a time, so holds do not overlap
+        nonlocal saved
+        while True:
+            ch = await queue.get()
+            if ch == "q":
+                stop.set()
+            elif ch == "p" and display is not None:
+                saved += 1
+                display.save(folder / f"screen-{saved}.png")
+                log.info("saved %s", folder / f"screen-{saved}.png")
+            elif ch.lower() in keys:
+                await press(keys[ch.lower()], ch.isupper())
+
+    def readable() -> None:
+        data = os.read(sys.stdin.fileno(), 1024).decode(errors="ignore")
+        if not data:  # stdin closed: stop reading, keep running
+            loop.remove_reader(sys.stdin.fileno())
+            return
+        for ch in data:
+            queue.put_nowait(ch)
+
+    loop.add_reader(sys.stdin.fileno(), readable)
+    asyncio.ensure_future(worker())
