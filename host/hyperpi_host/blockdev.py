@@ -340,3 +340,30 @@ def list_disks(view: SystemView) -> list[tuple[Target | None, str, str | None]]:
         except TargetRefused as refused:
             result.append((None, path, str(refused)))
     return result
+
+
+SNAPSHOT_FILES = ("removable", "size", "ro", "partition", "dev", "dm/name", "device/vendor",
+                  "device/model", "queue/logical_block_size")
+
+
+def snapshot(view: SystemView) -> dict[str, Any]:
+    """The parts of `view` these checks read, as data for `SystemView.from_fixture` (used to
+    record test fixtures and to attach to bug reports; holds no file contents or secrets)."""
+    sysfs: dict[str, str | None] = {}
+
+    def grab(rel: str) -> None:
+        for name in SNAPSHOT_FILES:
+            text = view.sys_text(f"{rel}/{name}")
+            if text is not None:
+                sysfs[f"{rel}/{name}"] = text + "\n"
+
+    for kname, node in _flatten(view).items():
+        grab(f"class/block/{kname}")
+        sysfs[f"class/block/{kname}/holders"] = None
+        for holder in view.sys_list(f"class/block/{kname}/holders"):
+            sysfs[f"class/block/{kname}/holders/{holder}"] = ""
+        if node.info.get("type") == "part" and node.parent:
+            grab(f"block/{node.parent}/{kname}")
+        elif view.sys_list(f"block/{kname}"):
+            grab(f"block/{kname}")
+    return {"lsblk": view.lsblk, "sysfs": sysfs, "mountinfo": view.mountinfo, "swaps": view.swaps}

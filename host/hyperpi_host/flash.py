@@ -229,12 +229,14 @@ class _Reader(threading.Thread):
 
 def flash_image(source: ImageSource, fd: int, *, label: str, bmap: Bmap | None = None,
                 verify: bool = True, is_block: bool = False, zero_skip: bool = False,
-                direct: bool = False, target_size: int | None = None,
-                progress: bool = True) -> FlashResult:
+                direct: bool = False, target_size: int | None = None, progress: bool = True,
+                after_write: Callable[[], None] | None = None) -> FlashResult:
     """Write `source` to the open target `fd` in the safe order described in the module doc.
 
     `zero_skip`: the target already reads back zeroes everywhere (a freshly truncated file), so
-    all-zero chunks need not be written. Raises FlashError / FlashInterrupted / ImageError.
+    all-zero chunks need not be written. `after_write` runs once everything but the first MiB
+    is written and flushed, before the read-back (tests use it to check the order and to
+    damage the target). Raises FlashError / FlashInterrupted / ImageError.
     """
     target = _Target(fd, direct, is_block, label)
     zero_head = _aligned(HEAD)
@@ -242,7 +244,8 @@ def flash_image(source: ImageSource, fd: int, *, label: str, bmap: Bmap | None =
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too: clean up
     try:
-        return _flash(source, target, bmap, verify, zero_skip, target_size, progress, zero_head)
+        return _flash(source, target, bmap, verify, zero_skip, target_size, progress, zero_head,
+                      after_write)
     except KeyboardInterrupt:
         _invalidate(target, zero_head)
         raise FlashInterrupted(f"interrupted: {label} was left deliberately invalid (its first "
@@ -270,7 +273,8 @@ def _invalidate(target: _Target, zero_head: mmap.mmap) -> None:
 
 
 def _flash(source: ImageSource, target: _Target, bmap: Bmap | None, verify: bool, zero_skip: bool,
-           target_size: int | None, show: bool, zero_head: mmap.mmap) -> FlashResult:
+           target_size: int | None, show: bool, zero_head: mmap.mmap,
+           after_write: Callable[[], None] | None) -> FlashResult:
     image_size = bmap.image_size if bmap else source.size
     if bmap and source.size is not None and source.size != bmap.image_size:
         raise ImageError(f"the bmap describes a {bmap.image_size}-byte image but {source.path} "
@@ -332,6 +336,8 @@ def _flash(source: ImageSource, target: _Target, bmap: Bmap | None, verify: bool
         os.ftruncate(target.fd, image_size)  # size unknown until now for some compressed images
     target.flush()
     write_seconds = time.monotonic() - started
+    if after_write:
+        after_write()
 
     # Step 4: read back everything but the head.
     verified = 0
