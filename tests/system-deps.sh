@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite needs (iproute2 for the network-namespace LAN).
 # Called by `make test`; it does nothing when everything is already there.
 set -euo pipefail
-packages=(iproute2)
+packages=(iproute2 fdisk dosfstools mtools e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

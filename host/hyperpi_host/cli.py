@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     # each entry: "hyperpi_host.<module>"; added by the work that builds that command
     "hyperpi_host.keys",
     "hyperpi_host.qr",
+    "hyperpi_host.provision",
     "hyperpi_host.flash",
     "hyperpi_host.devices",
 ]

@@ -1,0 +1,477 @@
+"""`hyperpi provision`: write one device's identity into a copy of the hyperpi SD card image.
+
+No root and no mounts: partitions are found in the MBR (`partitions`), the FAT boot partition
+is written with mtools (`fatfs`) and the ext4 root with debugfs (`ext4fs`).
+
+- Settings, nothing secret, go to the FAT partition as `/hyperpi/device.toml`, where the owner can
+  read and edit them from any computer (the image links /etc/hyperpi/device.toml there).
+- Secrets go into the ext4 root only, as 0600 files: the feed's and the Noise static key's secret
+  keys (owned by the service user), Wi-Fi credentials (owned by root: wpa_supplicant reads them,
+  the service never does; the passphrase is stored as its derived PSK, not as typed).
+- The host keeps the device's public identity in `<hyperpi home>/devices/<name>.json`, for pairing.
+
+Everything is checked before anything is written; a bad argument is refused with one line and no
+output file. The output is written to `OUT.partial` and renamed only when complete and verified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import lzma
+import mmap
+import os
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyperpi.hypercore.keys import KeyPair, core_key, discovery_key, generate_keypair, parse_key, z32_encode
+from hyperpi_host import ext4fs, fatfs, home
+from hyperpi_host.cli import UserError
+from hyperpi_host.partitions import Partition, PartitionError, boot_and_root
+
+# --- what the image (image/hooks/customize.sh) provides -------------------------------------
+SERVICE_UID = 990  # the `hyperpi` user and group; fixed in the image so no /etc/passwd lookup
+SERVICE_GID = 990
+STATE_DIR = "/var/lib/hyperpi"
+FEED_SECRET = f"{STATE_DIR}/feed.secret"  # 64 bytes, libsodium Ed25519 secret key (seed || public)
+NOISE_SECRET = f"{STATE_DIR}/noise.secret"  # 64 bytes, the Noise static key pair's secret key
+DEVICE_TOML = "/hyperpi/device.toml"  # on the FAT partition (mounted at /boot/firmware)
+WPA_CONF = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
+HOSTNAME = "/etc/hostname"
+ROOT_SSH_DIR = "/root/.ssh"
+AUTHORIZED_KEYS = f"{ROOT_SSH_DIR}/authorized_keys"
+SSH_WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/ssh.service"
+SSH_UNIT = "/lib/systemd/system/ssh.service"
+SECRET_MODE = 0o600
+
+# --- limits and formats -------------------------------------------------------------------
+# The name becomes the host name too, so: a DNS label (letters, digits, hyphen), at most 32
+# characters as the device config allows (DNS would allow 63).
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?")
+MAX_SSID_BYTES = 32  # IEEE 802.11
+PSK_PASSPHRASE_CHARS = (8, 63)  # IEEE 802.11i: 8..63 printable ASCII, or 64 hex digits
+MAX_SSH_KEY_FILE = 64 * 1024  # a few public keys; a bigger file is the wrong file
+SSH_KEY_TYPES = {
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+}
+COPY_CHUNK = 1 << 20  # sparse copy: all-zero chunks of this size become holes
+BOARDS_FALLBACK = ("display-hat-mini", "mini-pitft", "oled-bonnet", "hdmi", "headless")
+DEFAULT_PORT_FALLBACK = 49737
+
+# ISO 3166-1 alpha-2 (249 codes, from Debian's iso-codes 4.15): the Wi-Fi regulatory domain.
+COUNTRY_CODES = frozenset("""
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS
+BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE
+EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM
+HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC
+LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA
+NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW
+SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
+TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+""".split())
+
+
+def board_names() -> tuple[str, ...]:
+    try:
+        from hyperpi.device.boards import BOARDS
+    except ImportError:
+        return BOARDS_FALLBACK
+    return tuple(BOARDS)
+
+
+def default_port() -> int:
+    try:
+        from hyperpi.device.config import DEFAULT_PORT
+    except ImportError:
+        return DEFAULT_PORT_FALLBACK
+    return DEFAULT_PORT
+
+
+@dataclass(frozen=True)
+class Wifi:
+    ssid: str
+    psk_hex: str  # the 256-bit PSK wpa_supplicant uses, derived from the passphrase
+    country: str
+
+
+@dataclass
+class Settings:
+    """One device's checked settings: everything `provision` writes, before keys exist."""
+
+    name: str
+    board: str
+    presets: list[str] = field(default_factory=list)
+    follows: list[tuple[str, bytes]] = field(default_factory=list)
+    owner: bytes | None = None
+    listen_port: int = DEFAULT_PORT_FALLBACK
+    peers: list[str] = field(default_factory=list)
+    wifi: Wifi | None = None
+    ssh_keys: str | None = None  # authorized_keys text
+
+
+@dataclass(frozen=True)
+class Identity:
+    feed: KeyPair
+    noise: KeyPair
+
+    @property
+    def feed_key(self) -> bytes:
+        return core_key(self.feed.public_key)
+
+
+# --- checking the arguments ----------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"bad device name {name!r}: use 1-32 letters, digits or '-' (it becomes the host name)")
+    return name
+
+
+def check_board(board: str) -> str:
+    boards = board_names()
+    if board not in boards:
+        raise UserError(f"unknown board {board!r}; boards: {', '.join(boards)}")
+    return board
+
+
+def check_wifi(ssid: str | None, passphrase: str | None, country: str | None) -> Wifi | None:
+    if ssid is None and passphrase is None and country is None:
+        return None
+    if ssid is None:
+        raise UserError("--wifi-psk and --wifi-country need --wifi-ssid too")
+    raw_ssid = ssid.encode()
+    if not 1 <= len(raw_ssid) <= MAX_SSID_BYTES:
+        raise UserError(f"--wifi-ssid must be 1 to {MAX_SSID_BYTES} bytes, got {len(raw_ssid)}")
+    if passphrase is None:
+        raise UserError("--wifi-ssid needs --wifi-psk (open networks are not supported)")
+    if country is None:
+        raise UserError("--wifi-ssid needs --wifi-country CC (the regulatory domain, e.g. DE or US)")
+    cc = country.upper()
+    if cc not in COUNTRY_CODES:
+        raise UserError(f"--wifi-country {country!r} is not an ISO 3166-1 alpha-2 code (e.g. DE, GB, US)")
+    lo, hi = PSK_PASSPHRASE_CHARS
+    if len(passphrase) == 64 and all(c in "0123456789abcdefABCDEF" for c in passphrase):
+        psk = passphrase.lower()
+    elif lo <= len(passphrase) <= hi and all(" " <= c <= "~" for c in passphrase):
+        # IEEE 802.11i PSK = PBKDF2-HMAC-SHA1(passphrase, ssid, 4096 rounds, 256 bits), as wpa_passphrase.
+        psk = hashlib.pbkdf2_hmac("sha1", passphrase.encode(), raw_ssid, 4096, 32).hex()
+    else:
+        raise UserError(f"--wifi-psk must be {lo} to {hi} printable ASCII characters, or 64 hex digits")
+    return Wifi(ssid, psk, cc)
+
+
+def check_key(text: str, what: str) -> bytes:
+    try:
+        return parse_key(text)
+    except ValueError as error:
+        raise UserError(f"bad key for {what}: {error}") from None
+
+
+def resolve_follow(spec: str) -> tuple[str, bytes]:
+    name, sep, key_text = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not key_text.strip():
+        raise UserError(f"--follow {spec!r}: expected NAME=KEY (KEY: z-base-32, hex, or a name from `hyperpi keys list`)")
+    if len(name) > 32 or not name.isprintable():
+        raise UserError(f"--follow {spec!r}: the name must be printable and at most 32 characters")
+    return name, resolve_host_key(key_text.strip(), f"--follow {name}", control=False)
+
+
+def resolve_host_key(text: str, what: str, control: bool) -> bytes:
+    """A key from key text, or from the name of a host identity (its control feed for --owner)."""
+    try:
+        from hyperpi_host import keys as host_keys
+    except ImportError:
+        return check_key(text, what)
+    if host_keys.NAME_PATTERN.fullmatch(text) and len(text) < 52 and host_keys.exists(text):
+        identity = host_keys.load_identity(text)
+        if not control:
+            return identity.feed_key
+        if identity.control_feed_key is None:
+            raise UserError(f"{what}: key {text!r} is not an owner; create one with `hyperpi keys new --owner NAME`")
+        return identity.control_feed_key
+    return check_key(text, what)
+
+
+def check_preset(text: str) -> str:
+    if not text.strip() or len(text) > 140 or not text.isprintable():
+        raise UserError(f"--preset {text[:40]!r}: must be printable text of 1 to 140 characters")
+    return text.strip()
+
+
+def check_peer(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--peer {text!r}: expected HOST:PORT")
+    return text
+
+
+def read_ssh_keys(path: Path) -> str:
+    """The public keys of an authorized_keys-style file, checked line by line."""
+    try:
+        data = path.read_bytes()[: MAX_SSH_KEY_FILE + 1]
+    except OSError as error:
+        raise UserError(f"cannot read --ssh-key {path}: {error.strerror}") from None
+    if len(data) > MAX_SSH_KEY_FILE:
+        raise UserError(f"--ssh-key {path} is too large to be a public key file")
+    text = data.decode("utf-8", errors="replace")
+    if "PRIVATE KEY" in text:
+        raise UserError(f"--ssh-key {path} is a private key; give the .pub file")
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
+            raise UserError(f"--ssh-key {path}:{number}: not an OpenSSH public key (expected e.g. 'ssh-ed25519 AAAA...')")
+        try:
+            blob = base64.b64decode(fields[1], validate=True)
+        except binascii.Error:
+            raise UserError(f"--ssh-key {path}:{number}: the key is not valid base64") from None
+        # The blob starts with its own type as an SSH string: a cheap check for a damaged key.
+        if blob[4 : 4 + int.from_bytes(blob[:4], "big")] != fields[0].encode():
+            raise UserError(f"--ssh-key {path}:{number}: the key data does not match its type {fields[0]}")
+        lines.append(line)
+    if not lines:
+        raise UserError(f"--ssh-key {path} holds no public key")
+    return "\n".join(lines) + "\n"
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = Settings(
+        name=check_name(args.device),
+        board=check_board(args.board),
+        presets=[check_preset(p) for p in args.preset],
+        follows=[resolve_follow(f) for f in args.follow],
+        owner=resolve_host_key(args.owner, "--owner", control=True) if args.owner else None,
+        listen_port=args.listen_port,
+        peers=[check_peer(p) for p in args.peer],
+        wifi=check_wifi(args.wifi_ssid, args.wifi_psk, args.wifi_country),
+        ssh_keys=read_ssh_keys(Path(args.ssh_key)) if args.ssh_key else None,
+    )
+    if not 0 < settings.listen_port < 65536:
+        raise UserError(f"--listen-port {settings.listen_port}: must be 1-65535")
+    names = [n for n, _ in settings.follows]
+    if len(set(names)) != len(names):
+        raise UserError("--follow: each name may appear once")
+    device_toml(settings)  # the service's own config check, before anything is written
+    return settings
+
+
+# --- what goes into the image ----------------------------------------------------------------
+
+
+def _toml_str(text: str) -> str:
+    # A JSON string is a valid TOML basic string for printable text (checked before).
+    return json.dumps(text, ensure_ascii=False)
+
+
+def device_toml(settings: Settings) -> bytes:
+    """The settings file in the format of hyperpi.device.config, checked by its own parser."""
+    lines = [
+        "# hyperpi device settings, written by `hyperpi provision`. Nothing secret is kept here:",
+        "# keys live in /var/lib/hyperpi on the root partition. Edit and reboot to change.",
+        f"name = {_toml_str(settings.name)}",
+        f"board = {_toml_str(settings.board)}",
+        f"listen_port = {settings.listen_port}",
+    ]
+    if settings.presets:
+        lines.append("presets = [" + ", ".join(_toml_str(p) for p in settings.presets) + "]")
+    if settings.owner is not None:
+        lines.append(f"owner = {_toml_str(z32_encode(settings.owner))}")
+    if settings.peers:
+        lines.append("peers = [" + ", ".join(_toml_str(p) for p in settings.peers) + "]")
+    for name, key in settings.follows:
+        lines += ["", "[[follow]]", f"name = {_toml_str(name)}", f"key = {_toml_str(z32_encode(key))}"]
+    text = "\n".join(lines) + "\n"
+    data = tomllib.loads(text)
+    try:
+        from hyperpi.device.config import ConfigError, parse_config
+    except ImportError:
+        return text.encode()
+    try:
+        parse_config(data, Path(DEVICE_TOML))
+    except ConfigError as error:
+        raise UserError(f"the device would reject these settings: {error}") from None
+    return text.encode()
+
+
+def wpa_conf(wifi: Wifi) -> bytes:
+    # ssid as hex: any bytes, no quoting rules. psk as 64 hex digits: the passphrase itself never
+    # reaches the card.
+    return (
+        "# Written by `hyperpi provision`; 0600 root.\n"
+        f"country={wifi.country}\n"
+        "update_config=0\n"
+        "network={\n"
+        f"    ssid={wifi.ssid.encode().hex()}\n"
+        f"    psk={wifi.psk_hex}\n"
+        "    scan_ssid=1\n"
+        "}\n"
+    ).encode()
+
+
+def secrets_of(identity: Identity, wifi: Wifi | None) -> list[bytes]:
+    """Byte strings that must never appear on the FAT partition (raw and as text)."""
+    raw = [identity.feed.secret_key, identity.feed.secret_key[:32], identity.noise.secret_key, identity.noise.secret_key[:32]]
+    found = raw + [r.hex().encode() for r in raw] + [base64.b64encode(r) for r in raw]
+    if wifi is not None:
+        found += [wifi.psk_hex.encode(), bytes.fromhex(wifi.psk_hex)]
+    return found
+
+
+# --- the image ---------------------------------------------------------------------------------
+
+
+def copy_image(source: Path, target: Path) -> None:
+    """Copy a raw or xz-compressed image, keeping runs of zeros as holes (a sparse file)."""
+    try:
+        with open(source, "rb") as probe:
+            compressed = probe.read(6) == b"\xfd7zXZ\x00"
+        opener = lzma.open if compressed else open
+        with opener(source, "rb") as src, open(target, "xb") as dst:
+            zero = bytes(COPY_CHUNK)
+            size = 0
+            while chunk := src.read(COPY_CHUNK):
+                if chunk == zero[: len(chunk)]:
+                    dst.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    dst.write(chunk)
+                size += len(chunk)
+            dst.truncate(size)
+    except FileNotFoundError:
+        raise UserError(f"no such image: {source}") from None
+    except lzma.LZMAError as error:
+        raise UserError(f"{source}: damaged xz image ({error})") from None
+    except OSError as error:
+        raise UserError(f"cannot copy {source} to {target}: {error.strerror or error}") from None
+
+
+def check_image(image: Path) -> tuple[Partition, Partition]:
+    """The boot and root partitions of a hyperpi image; UserError if it is not one."""
+    try:
+        boot, root = boot_and_root(image)
+        state = ext4fs.stat(image, root, STATE_DIR)
+    except (PartitionError, ext4fs.Ext4Error) as error:
+        raise UserError(str(error)) from None
+    if state is None or state.file_type != "directory" or state.uid != SERVICE_UID:
+        raise UserError(f"{image} is not a hyperpi image (no {STATE_DIR} owned by the service user)")
+    return boot, root
+
+
+def write_identity(image: Path, settings: Settings, identity: Identity) -> None:
+    boot, root = check_image(image)
+    fatfs.write_file(image, boot, DEVICE_TOML, device_toml(settings))
+    write = ext4fs.write_file
+    write(image, root, FEED_SECRET, identity.feed.secret_key, SECRET_MODE, SERVICE_UID, SERVICE_GID)
+    write(image, root, NOISE_SECRET, identity.noise.secret_key, SECRET_MODE, SERVICE_UID, SERVICE_GID)
+    write(image, root, HOSTNAME, f"{settings.name.lower()}\n".encode(), 0o644, 0, 0)
+    if settings.wifi is not None:
+        write(image, root, WPA_CONF, wpa_conf(settings.wifi), SECRET_MODE, 0, 0)
+    if settings.ssh_keys is not None:
+        ext4fs.make_dir(image, root, ROOT_SSH_DIR, 0o700, 0, 0)
+        write(image, root, AUTHORIZED_KEYS, settings.ssh_keys.encode(), SECRET_MODE, 0, 0)
+        ext4fs.symlink(image, root, SSH_WANTS_LINK, SSH_UNIT)
+    assert_no_secret_on_fat(image, boot, secrets_of(identity, settings.wifi))
+
+
+def assert_no_secret_on_fat(image: Path, boot: Partition, secrets: list[bytes]) -> None:
+    """Scan every byte of the FAT partition (free space too) for the secrets."""
+    with open(image, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        region = m[boot.start : boot.end]
+    for secret in secrets:
+        if secret in region:
+            raise UserError("internal error: a secret reached the FAT partition; the image was not written")
+
+
+def record_device(settings: Settings, identity: Identity, image: Path) -> Path:
+    """The device's public identity on the host, for pairing later."""
+    feed_key = identity.feed_key
+    record = {
+        "name": settings.name,
+        "board": settings.board,
+        "feed_key": z32_encode(feed_key),
+        "feed_key_hex": feed_key.hex(),
+        "feed_public_key_hex": identity.feed.public_key.hex(),
+        "discovery_key_hex": discovery_key(feed_key).hex(),
+        "noise_public_key_hex": identity.noise.public_key.hex(),
+        "listen_port": settings.listen_port,
+        "owner_hex": settings.owner.hex() if settings.owner else None,
+        "image": str(image.resolve()),
+        "provisioned_at": int(time.time()),
+    }
+    path = home.home_subdir("devices") / f"{settings.name}.json"
+    home.write_atomic(path, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
+    return path
+
+
+def provision(source: Path, out: Path, settings: Settings, *, force: bool = False,
+              identity: Identity | None = None) -> tuple[Identity, Path]:
+    """Write a provisioned copy of `source` to `out`; returns the identity and its host record."""
+    if not source.is_file():
+        raise UserError(f"no such image: {source}")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; choose another -o or add --force to replace it")
+    if out.exists() and out.resolve() == source.resolve():
+        raise UserError("-o must not be the input image: provisioning writes a copy")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist")
+    identity = identity or Identity(feed=generate_keypair(), noise=generate_keypair())
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        copy_image(source, partial)
+        write_identity(partial, settings, identity)
+        os.replace(partial, out)
+    except (fatfs.FatError, ext4fs.Ext4Error) as error:
+        raise UserError(f"cannot provision {source}: {error}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return identity, record_device(settings, identity, out)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "provision",
+        help="write one device's identity and settings into a copy of the SD card image",
+        description="Copy IMAGE (.img or .img.xz) to OUT with this device's settings on the FAT "
+        "boot partition and its new secret keys (and Wi-Fi credentials) as 0600 files in the ext4 "
+        "root. Needs no root and mounts nothing. Flash OUT with `hyperpi flash`.",
+    )
+    parser.add_argument("image", metavar="IMAGE", help="hyperpi-<version>-arm64.img or .img.xz")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the provisioned image to write")
+    parser.add_argument("--device", required=True, metavar="NAME", help="device name (also its host name)")
+    parser.add_argument("--board", default="headless", metavar="B", help=f"board profile: {', '.join(board_names())} (default headless)")
+    parser.add_argument("--wifi-ssid", metavar="S")
+    parser.add_argument("--wifi-psk", metavar="P", help="passphrase (8-63 characters) or 64 hex digits")
+    parser.add_argument("--wifi-country", metavar="CC", help="ISO 3166-1 alpha-2 country code, e.g. DE")
+    parser.add_argument("--follow", action="append", default=[], metavar="NAME=KEY", help="a feed to follow from the start (repeatable)")
+    parser.add_argument("--preset", action="append", default=[], metavar="TEXT", help="a canned message (repeatable; replaces the defaults)")
+    parser.add_argument("--owner", metavar="OWNER", help="the owner's control feed: an owner key name or a key")
+    parser.add_argument("--ssh-key", metavar="FILE", help="turn SSH on, for root, with these public keys")
+    parser.add_argument("--listen-port", type=int, default=default_port(), metavar="PORT", help=f"replication port (default {default_port()})")
+    parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a static peer (repeatable)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    identity, record = provision(Path(args.image), Path(args.output), settings, force=args.force)
+    print(f"provisioned {settings.name} ({settings.board}) -> {args.output}")
+    print(f"feed key:  {z32_encode(identity.feed_key)}")
+    print(f"noise key: {z32_encode(identity.noise.public_key)}")
+    print(f"recorded:  {record}")
+    return 0
