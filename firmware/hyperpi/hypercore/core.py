@@ -35,7 +35,7 @@ from .keys import (
 )
 from .merkle import append_leaves, is_compat, leaf_hash, parent_node, sign_tree, tree_hash, verify_tree
 from .proofs import generate_proof, verify_proof
-from .storage import Store, _storage_error
+from .storage import Store, _storage_error, damage_is_corruption
 from .types import CoreEvent, Proof, ProofRequest, TreeNode
 
 __all__ = [
@@ -137,7 +137,7 @@ class Core:
     def _reload(self) -> None:
         """Read the head from the database and check its signature."""
         db = self.store.db
-        try:
+        with damage_is_corruption(f"the head of core {self.key.hex()}"):
             row = db.execute(
                 "SELECT manifest, length, fork, byte_length, signature FROM cores WHERE id=?", (self._id,)
             ).fetchone()
@@ -152,14 +152,14 @@ class Core:
                 "  (SELECT 1 FROM blocks WHERE core=?1 AND idx=b.idx+1)) ELSE 0 END",
                 (self._id,),
             ).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
-        self._contiguous = min(self._contiguous, self.length)
-        if self.length and (
-            self.signature is None
-            or not verify_tree(self.key, self._manifest, tree_hash(self._roots), self.length, self.fork, self.signature)
-        ):
-            raise CorruptStore(f"the stored signature of core {self.key.hex()} does not verify")
+            self._contiguous = min(self._contiguous, self.length)
+            if self.byte_length != sum(r.size for r in self._roots):
+                raise CorruptStore(f"the byte length of core {self.key.hex()} is damaged in the store")
+            if self.length and (
+                self.signature is None
+                or not verify_tree(self.key, self._manifest, tree_hash(self._roots), self.length, self.fork, self.signature)
+            ):
+                raise CorruptStore(f"the stored signature of core {self.key.hex()} does not verify")
 
     def _set_manifest(self, encoded: bytes | None) -> None:
         if encoded is not None and manifest_hash(encoded) != self.key and not _compat_manifest(self.key, encoded):
@@ -214,17 +214,16 @@ class Core:
 
     def get(self, i: int) -> bytes:
         """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
-        try:
+        where = f"block {i} of core {self.key.hex()}"
+        with damage_is_corruption(where):
             row = self.store.db.execute(
                 "SELECT value, hash FROM blocks WHERE core=? AND idx=?", (self._id, i)
             ).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
         if row is None:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row
-        if leaf_hash(value) != expected:
-            raise CorruptStore(f"block {i} of core {self.key.hex()} is damaged in the store")
+        if not isinstance(value, bytes) or leaf_hash(value) != expected:
+            raise CorruptStore(f"{where} is damaged in the store")
         return value
 
     def has(self, i: int) -> bool:
@@ -237,12 +236,18 @@ class Core:
 
     def _node(self, index: int) -> TreeNode | None:
         db = self.store.db
-        row = db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)).fetchone()
-        if row is None and not index & 1:  # the leaf of a held block lives in its block row
-            row = db.execute(
-                "SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (self._id, index // 2)
-            ).fetchone()
-        return None if row is None else TreeNode(index, row[0], row[1])
+        with damage_is_corruption(f"tree node {index} of core {self.key.hex()}"):
+            row = db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)).fetchone()
+            if row is None and not index & 1:  # the leaf of a held block lives in its block row
+                row = db.execute(
+                    "SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (self._id, index // 2)
+                ).fetchone()
+        if row is None:
+            return None
+        size, digest = row
+        if not isinstance(size, int) or size < 0 or not isinstance(digest, bytes) or len(digest) != 32:
+            raise CorruptStore(f"tree node {index} of core {self.key.hex()} is damaged in the store")
+        return TreeNode(index, size, digest)
 
     def _block(self, i: int) -> bytes | None:
         try:
@@ -397,7 +402,7 @@ class Core:
         against its children, the roots against the signature. Raises CorruptStore."""
         db = self.store.db
         where = f"core {self.key.hex()[:16]}..."
-        try:
+        with damage_is_corruption(where):
             nodes = {i: TreeNode(i, s, h) for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))}
             for i, value, expected in db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (self._id,)):
                 if i >= self.length:
@@ -405,20 +410,18 @@ class Core:
                 leaf = TreeNode(2 * i, len(value), leaf_hash(value))
                 if leaf.hash != expected or nodes.setdefault(2 * i, leaf) != leaf:
                     raise CorruptStore(f"{where}: block {i} does not match its tree node")
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
-        for index, node in nodes.items():
-            kids = flat_tree.children(index)
-            if kids and kids[0] in nodes and kids[1] in nodes:
-                if parent_node(index, nodes[kids[0]], nodes[kids[1]]) != node:
-                    raise CorruptStore(f"{where}: tree node {index} does not match its children")
-        roots = [nodes.get(r) for r in flat_tree.full_roots(2 * self.length)]
-        if None in roots:
-            raise CorruptStore(f"{where}: a root of length {self.length} is missing")
-        if self.length and not verify_tree(
-            self.key, self._manifest, tree_hash(roots), self.length, self.fork, self.signature or b""
-        ):
-            raise CorruptStore(f"{where}: the signature does not verify")
+            for index, node in nodes.items():
+                kids = flat_tree.children(index)
+                if kids and kids[0] in nodes and kids[1] in nodes:
+                    if parent_node(index, nodes[kids[0]], nodes[kids[1]]) != node:
+                        raise CorruptStore(f"{where}: tree node {index} does not match its children")
+            roots = [nodes.get(r) for r in flat_tree.full_roots(2 * self.length)]
+            if None in roots:
+                raise CorruptStore(f"{where}: a root of length {self.length} is missing")
+            if self.length and not verify_tree(
+                self.key, self._manifest, tree_hash(roots), self.length, self.fork, self.signature or b""
+            ):
+                raise CorruptStore(f"{where}: the signature does not verify")
 
     def __repr__(self) -> str:
         mode = "writer" if self.writable else "reader"

@@ -82,10 +82,11 @@ class Store:
         try:
             self.db = sqlite3.connect(self.db_path, isolation_level=None)
             self._setup()
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: undecodable schema text
             with contextlib.suppress(Exception):
                 self.db.close()
-            raise CorruptStore(f"{self.db_path} is damaged or not a hyperpi store ({error})") from None
+            reason = error if isinstance(error, sqlite3.DatabaseError) else "unreadable schema"
+            raise CorruptStore(f"{self.db_path} is damaged or not a hyperpi store ({reason})") from None
 
     @property
     def keys_dir(self) -> Path:
@@ -209,6 +210,17 @@ class Store:
         if len(data) != SECRET_KEY_BYTES:
             raise CorruptStore(f"secret key file {path} is damaged ({len(data)} bytes, expected 64)")
         return data
+
+
+@contextlib.contextmanager
+def damage_is_corruption(what: str) -> Iterator[None]:
+    """Turn what a damaged database can throw while we read it into one CorruptStore."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        raise _storage_error(error) from None
+    except (ValueError, OverflowError, TypeError, KeyError) as error:
+        raise CorruptStore(f"{what} is damaged in the store ({type(error).__name__})") from None
 
 
 def _storage_error(error: sqlite3.DatabaseError) -> StorageError:
