@@ -275,3 +275,7 @@ def _read_keyboard(loop: asyncio.AbstractEventLoop, buttons: Buttons, display: D
 
     loop.add_reader(sys.stdin.fileno(), readable)
     asyncio.ensure_future(worker())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The `hyperpi-device` process: sd_notify READY/WATCHDOG/STOPPING, SIGTERM, secrets, simulation."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from hyperpi.device import notify
+
+
+def test_notify_sends_datagrams(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        assert notify.notify("READY=1", {"NOTIFY_SOCKET": str(path)}) is True
+        assert sock.recv(100) == b"READY=1"
+    abstract = f"@hyperpi-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + abstract[1:])
+        assert notify.notify("WATCHDOG=1", {"NOTIFY_SOCKET": abstract}) is True
+        assert sock.recv(100) == b"WATCHDOG=1"
+    assert notify.notify("READY=1", {}) is False  # not under systemd: a no-op
+    assert notify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
+
+
+def test_watchdog_interval() -> None:
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert notify.watchdog_interval({}) is None
+
+
+def test_service_lifecycle(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "device.toml"
+    config.write_text(f'name = "kitchen"\nboard = "oled-bonnet"\nstate_dir = "{state}"\npresets = ["Hi", "Yes"]\n')
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": ""}
+    frames = tmp_path / "frames"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hyperpi.device.main", "--config", str(config), "--simulate", "--frames", str(frames)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line.decode()) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        got = set()
+        while not {b"READY=1", b"WATCHDOG=1"} <= got:
+            got.add(sock.recv(100))
+        # Keys press the simulated buttons: the first press leaves the splash, "r" (joystick
+        # right) selects the next preset, "b" (button B) sends it.
+        assert proc.stdin is not None
+        proc.stdin.write(b"rrb")
+        proc.stdin.flush()
+        log = wait_for(lines, "sent #1: ")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        reader.join(timeout=10)
+        while (msg := sock.recv(100)) == b"WATCHDOG=1":
+            pass
+        assert msg == b"STOPPING=1"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    while not lines.empty():
+        log += lines.get()
+    assert "sent #0: kitchen is online" in log and "sent #1: Yes" in log and "stopping" in log
+    assert "Traceback" not in err.decode()
+    for name in ("feed.secret", "noise.secret"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600
+        assert (state / name).read_bytes().hex() not in log
+    assert len(list(frames.glob("frame-*.png"))) >= 2
+
+
+def wait_for(lines: queue.Queue[str], needle: str, timeout: float = 30) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        seen += lines.get(timeout=max(0.01, deadline - time.monotonic()))
+    return seen
