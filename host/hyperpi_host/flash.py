@@ -55,6 +55,8 @@ BLKRRPART = 0x125F  # ioctl: ask the kernel to re-read the partition table
 BLKFLSBUF = 0x1261  # ioctl: drop a block device's buffer cache
 UNBOUNDED = 1 << 62  # "until the image ends" when its size is not known up front
 ZERO_CHUNK = bytes(CHUNK)
+# After a stop, how long to wait for the reading thread to finish its current piece.
+READER_JOIN_SECONDS = 1.0
 
 
 class FlashError(Exception):
@@ -198,7 +200,8 @@ class _Reader(threading.Thread):
                         break
                     continue
                 buf = self.free.get()
-                view = memoryview(buf)[: min(CHUNK, segment.end - pos)]
+                # Chunks end on CHUNK boundaries of the card (whole erase blocks on most cards).
+                view = memoryview(buf)[: min(CHUNK - pos % CHUNK, segment.end - pos)]
                 n = source.readinto(view)
                 if n == 0:
                     self.free.put(buf)
@@ -324,10 +327,12 @@ def _flash(source: ImageSource, target: _Target, bmap: Bmap | None, verify: bool
             bar.update(reader.head_length)  # read along the way, written at the end
     finally:
         reader.stop.set()
-        try:  # unblock the reader if it waits for a buffer
-            reader.free.put_nowait(_aligned(CHUNK))
-        except queue.Full:
-            pass
+        reader.free.put(_aligned(CHUNK))  # unblock the reader if it waits for a buffer
+        reader.join(timeout=READER_JOIN_SECONDS)
+        if reader.is_alive():
+            # Still blocked reading a pipe that has gone quiet: closing the image would wait
+            # for that read forever, so leave it to process exit.
+            source.abandon()
         if bar:
             bar.close()
     image_size = reader.end

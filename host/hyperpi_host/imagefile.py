@@ -96,7 +96,13 @@ class ImageSource:
                 raise ImageError(f"{self.path} ends at byte {self.position}, before its bmap says")
             left -= n
 
+    def abandon(self) -> None:
+        """Another thread is stuck reading (a pipe that went quiet): make close() a no-op."""
+        self._abandoned = True
+
     def close(self) -> None:
+        if getattr(self, "_abandoned", False):
+            return
         self._stream.close()
         self._raw.close()
 
