@@ -72,17 +72,16 @@ def parse_peer(text: str) -> Address:
     return host, int(port_text)
 
 
-def keeps_new(public_key: bytes, old: EncryptedConnection, new: EncryptedConnection) -> bool:
-    """The duplicate rule (module docstring): should `new` replace `old` to the same peer?"""
-    if old.is_initiator == new.is_initiator:
+def keeps_new(public_key: bytes, remote_key: bytes, old_dialled: bool, new_dialled: bool) -> bool:
+    """The duplicate rule (module docstring): should a new connection to `remote_key`
+    replace the old one? `*_dialled`: whether we dialled that connection (its initiator)."""
+    if old_dialled == new_dialled:
         return True
-    remote = new.remote_public_key
-    assert remote is not None
 
-    def dialler(conn: EncryptedConnection) -> bytes:
-        return public_key if conn.is_initiator else remote
+    def dialler(we_dialled: bool) -> bytes:
+        return public_key if we_dialled else remote_key
 
-    return dialler(new) < dialler(old)
+    return dialler(new_dialled) < dialler(old_dialled)
 
 
 @dataclass
@@ -291,7 +290,7 @@ class Swarm:
         assert remote is not None
         existing = self._links.get(remote)
         if existing is not None and not existing.conn.closed:
-            if not keeps_new(self.keypair.public_key, existing.conn, conn):
+            if not keeps_new(self.keypair.public_key, remote, existing.conn.is_initiator, conn.is_initiator):
                 conn.close("duplicate connection (kept the other one)")
                 await conn.wait_closed()
                 return
