@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE_PEERS := tests/interop/node
 
-.PHONY: demo test bench deps clean
+.PHONY: demo test bench deps clean image image-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ test: deps
 
 bench: deps
 	$(PY) -m tests.bench
+
+# The SD card image (image/build.sh, as root: see README) and its boot test on an emulated Pi 3.
+image: deps
+	./image/deps.sh
+	nice -n 19 ionice -c3 ./image/build.sh
+
+image-test: image
+	HYPERPI_IMAGE_TEST=1 $(PY) -m pytest -q tests/image/test_boot.py
 
 clean:
 	rm -rf $(VENV) $(NODE_PEERS)/node_modules build
