@@ -137,6 +137,9 @@ def generate_proof(
             upgrade_nodes.append(get(root))
         if head > to:
             additional = _additional_nodes(to, head, get)
+    if target is not None and block_nodes is None:
+        # The named block or node lies outside the upgraded tree (Node: "Invalid block request").
+        raise ProofUnavailable(INVALID_REQUEST, "the requested block is not inside the upgrade")
 
     return Proof(
         fork=fork,
