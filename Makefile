@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE_PEERS := tests/interop/node
 
-.PHONY: demo test bench deps clean image image-test
+.PHONY: demo test bench deps clean image image-test golden
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ image-test: image
 
 clean:
 	rm -rf $(VENV) $(NODE_PEERS)/node_modules build
+
+# Rewrite the device's golden screen frames (tests/fixtures/frames/); look at each PNG before committing.
+golden: deps
+	HYPERPI_GOLDEN=regen $(PY) -m pytest -q tests/unit/test_device_frames.py

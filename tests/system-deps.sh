@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (iproute2 for the network-namespace LAN).
+# Installs the Debian packages the test suite needs (iproute2 for the network-namespace LAN,
+# fonts-dejavu-core for the device's colour screens and their golden frames).
 # Called by `make test`; it does nothing when everything is already there.
 set -euo pipefail
-packages=(iproute2 fdisk dosfstools mtools e2fsprogs)
+packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

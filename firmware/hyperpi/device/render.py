@@ -173,11 +173,11 @@ def render_chat(screen: Screen, chat: ChatFrame) -> Image.Image:
 
     # Status line: name on the left; peers and unread on the right.
     right = drawable(chat.status + (f" {chat.unread} new" if chat.unread else ""), screen)
-    left = _fit(drawable(chat.name, screen), max(1, cols - len(right) - 1))
+    left = _fit(drawable(chat.name, screen), max(1, cols - len(right) - 2))
     draw.rectangle((0, 0, screen.width - 1, lh - 1), fill=_c(st, "status_bg"))
     fg = _c(st, "status_fg", 0)
     st.text(draw, 0, 0, left, fg, bold=True)
-    st.text(draw, screen.width - len(right) * st.advance, 0, right, fg)
+    st.text(draw, screen.width - 1 - len(right) * st.advance, 0, right, fg)
 
     # Preset bar at the bottom: the canned message the send button would send.
     bar_y = screen.height - lh
@@ -189,7 +189,7 @@ def render_chat(screen: Screen, chat: ChatFrame) -> Image.Image:
     else:
         draw.line((0, bar_y - 1, screen.width - 1, bar_y - 1), fill=1)
     st.text(draw, 0, bar_y, text, _c(st, "bar_fg"))
-    st.text(draw, screen.width - len(pos) * st.advance, bar_y, pos, _c(st, "age"))
+    st.text(draw, screen.width - 1 - len(pos) * st.advance, bar_y, pos, _c(st, "age"))
 
     # Messages, from the bottom up, until the area is full.
     top, y = lh + 1, bar_y - 1
