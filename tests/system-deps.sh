@@ -3,7 +3,7 @@
 # fonts-dejavu-core for the device's colour screens and their golden frames).
 # Called by `make test`; it does nothing when everything is already there.
 set -euo pipefail
-packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core)
+packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core util-linux kmod bmap-tools xz-utils zstd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
