@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,26 @@ def test_service_exits_78_with_one_line(tmp_path: Path) -> None:
     assert r.returncode == 78
     assert r.stderr.count("\n") == 1 and "key 'board'" in r.stderr and str(path) in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_example_config_loads() -> None:
+    c = load_config(ROOT / "firmware" / "device.toml.example")
+    assert c.name == "kitchen" and c.board == "display-hat-mini" and len(c.presets) == 6
+
+
+def test_systemd_unit(tmp_path: Path) -> None:
+    unit = (ROOT / "firmware" / "hyperpi-device.service").read_text()
+    for line in ["Type=notify", "WatchdogSec=30", "Restart=on-failure", "User=hyperpi",
+                 "SupplementaryGroups=gpio spi i2c video", "RestartPreventExitStatus=78", "NoNewPrivileges=yes"]:
+        assert f"\n{line}\n" in unit, line
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return  # the text checks above still ran; systemd's own check needs systemd installed
+    copy = tmp_path / "hyperpi-device.service"
+    copy.write_text(unit.replace("/usr/local/bin/hyperpi-device", "/bin/true"))
+    r = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if "hyperpi-device.service" in ln]
+    assert not problems, problems
