@@ -29,7 +29,6 @@ from hyperpi.hypercore.merkle import (
     leaf_hash,
     signable,
     signable_compat,
-    tree_hash,
     verify_tree,
 )
 from hyperpi.hypercore.proofs import verify_proof

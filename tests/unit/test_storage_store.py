@@ -16,7 +16,6 @@ from hyperpi.hypercore import (
     Core,
     CoreEvent,
     CorruptStore,
-    HypercoreError,
     NotWritable,
     ProofUnavailable,
     StorageError,

@@ -13,7 +13,6 @@ from hashlib import blake2b
 import nacl.bindings
 import nacl.exceptions
 
-from . import flat_tree
 from .keys import TREE, Manifest, decode_uint, encode_uint
 from .types import TreeNode
 
