@@ -8,8 +8,9 @@ replicator). When it returns or the connection drops, the swarm closes the conne
 and, while the peer is still wanted, dials again with backoff.
 
     swarm = Swarm(noise_keypair, port=49737, name="kitchen", on_connection=replicate)
-    await swarm.start()
-    await swarm.join(core.discovery_key)
+    await swarm.join(core.discovery_key)   # before start(): in the very first announcement
+    await swarm.start()                    # returns once our mDNS record is announced (~1.5 s);
+                                           # peers found meanwhile are dialled at once
     swarm.connections        # {remote static public key: EncryptedConnection}
     await swarm.stop()
 
