@@ -144,6 +144,13 @@ class NetnsLan:
     def link_up(self, device: str) -> None:
         _ip("-n", self.bridge, "link", "set", self.port(device), "up")
 
+    def remove_address(self, device: str) -> None:
+        """Take the device's IPv4 address away, as before DHCP answered."""
+        _ip("-n", self.namespaces[device], "addr", "del", f"{self.addresses[device]}/24", "dev", "eth0")
+
+    def add_address(self, device: str) -> None:
+        _ip("-n", self.namespaces[device], "addr", "add", f"{self.addresses[device]}/24", "dev", "eth0")
+
 
 def _require_root() -> None:
     if os.geteuid() != 0:

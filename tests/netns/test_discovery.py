@@ -174,6 +174,20 @@ def test_unregister_sends_goodbye(lan: NetnsLan) -> None:
     b.wait_peers(lambda p: a.name not in p, timeout=5)
 
 
+def test_address_that_arrives_after_start_is_published(lan: NetnsLan) -> None:
+    # a device that boots before DHCP answers: no address at start, one a little later
+    a = Agent(lan, "a", 40001)
+    lan.remove_address("b")
+    b = Agent(lan, "b", 40002)
+    b.announce(TOPIC_1)
+    time.sleep(1.0)
+    assert b.name not in a.peers()  # no address, no mDNS on eth0: nobody can see b yet
+    lan.add_address("b")
+    # within ADDRESS_CHECK_INTERVAL (5 s) plus an announcement
+    event = a.wait_for("candidate", topic=TOPIC_1.hex(), timeout=SEEN_WITHIN)
+    assert (event["host"], event["port"]) == (lan.addresses["b"], 40002)
+
+
 def test_hyperpi_devices_lists_peers(lan: NetnsLan) -> None:
     a = Agent(lan, "a", 40001)
     a.announce(TOPIC_1, TOPIC_2)

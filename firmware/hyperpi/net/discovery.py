@@ -49,6 +49,10 @@ MAX_TOPICS = 32
 # How long to wait for a newly seen instance's SRV/TXT/A records. Answers arrive within
 # ~120 ms on a LAN (RFC 6762 response delay); 3 s covers lost packets and busy Pis.
 RESOLVE_TIMEOUT_MS = 3000
+# How often to look for changed IPv4 addresses. A Pi's service often starts before DHCP has
+# given wlan0 an address; within this many seconds of getting one, mDNS runs on it and our
+# record carries it. Listing addresses (getifaddrs) costs microseconds.
+ADDRESS_CHECK_INTERVAL = 5.0
 # Device-name part of an instance name. DNS labels are at most 63 bytes; the rest is
 # the "-" + 8-hex-digit key hash that keeps two devices called "kitchen" apart.
 MAX_DEVICE_NAME = 40
@@ -145,6 +149,7 @@ class Discovery:
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
         self._lock = asyncio.Lock()  # serialises register / update / unregister
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -162,13 +167,15 @@ class Discovery:
                 # (as "name (2)"); stable names make that rare.
                 await (await self._zc.async_register_service(self._info, allow_name_change=True))
                 self.name = self._info.name[: -len(SERVICE_TYPE) - 1]
+        if self._interfaces is InterfaceChoice.All:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_addresses())
 
     async def stop(self) -> None:
         """Send goodbyes for our instance and stop browsing. Safe to call twice."""
         zc, self._zc = self._zc, None
         if zc is None:
             return
-        for task in list(self._tasks):
+        for task in [*self._tasks, *([self._watcher] if self._watcher else [])]:
             task.cancel()
         if self._browser is not None:
             await self._browser.async_cancel()
@@ -188,6 +195,22 @@ class Discovery:
                 return
             self._info = self._service_info(self._info.name)
             await (await self._zc.async_update_service(self._info))
+
+    async def _watch_addresses(self) -> None:
+        """Follow address changes: bind mDNS to new interfaces, republish our A records."""
+        published = local_ipv4_addresses()
+        while self._zc is not None:
+            await asyncio.sleep(ADDRESS_CHECK_INTERVAL)
+            current = local_ipv4_addresses()
+            if current == published or self._zc is None:
+                continue
+            log.info("IPv4 addresses changed from %s to %s", published, current)
+            published = current
+            await self._zc.async_update_interfaces()
+            async with self._lock:
+                if self._info is not None and self._zc is not None:
+                    self._info = self._service_info(self._info.name)
+                    await (await self._zc.async_update_service(self._info))
 
     # -- what we have seen -----------------------------------------------------------
 
