@@ -21,6 +21,7 @@ NODE_PEERS = ROOT / "tests" / "interop" / "node"
 RESULTS = Path(__file__).resolve().parent / "results" / "append.json"
 TOTAL = 100_000
 BATCH = 1_000
+ROUNDS = 3
 
 
 def messages(n: int) -> list[bytes]:
@@ -61,19 +62,27 @@ def run_node(total: int = TOTAL, batch: int = BATCH) -> dict:
 
 
 def main() -> None:
-    node = run_node()
-    ours = run_hyperpi()
+    # Alternate the two sides and keep each one's best run: the machine is shared, and the
+    # best of a few runs is the least disturbed measurement of each.
+    nodes, ours_runs = [], []
+    for _ in range(ROUNDS):
+        nodes.append(run_node())
+        ours_runs.append(run_hyperpi())
+    node = max(nodes, key=lambda r: r["rate"])
+    ours = max(ours_runs, key=lambda r: r["rate"])
     ratio = ours["rate"] / node["rate"]
     result = {
         "total_blocks": TOTAL,
         "batch": BATCH,
+        "rounds": ROUNDS,
         "hyperpi": ours,
         "node": node,
         "ratio_hyperpi_over_node": ratio,
+        "all_rates": {"hyperpi": [r["rate"] for r in ours_runs], "node": [r["rate"] for r in nodes]},
         "target": "ratio >= 1",
     }
-    print(f"hyperpi: {ours['rate']:,.0f} blocks/s ({ours['seconds']:.2f} s)")
-    print(f"node:    {node['rate']:,.0f} blocks/s ({node['seconds']:.2f} s)")
+    print(f"hyperpi: {ours['rate']:,.0f} blocks/s ({ours['seconds']:.2f} s, best of {ROUNDS})")
+    print(f"node:    {node['rate']:,.0f} blocks/s ({node['seconds']:.2f} s, best of {ROUNDS})")
     print(f"ratio hyperpi/node: {ratio:.2f} (target >= 1)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

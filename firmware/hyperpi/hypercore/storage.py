@@ -35,6 +35,7 @@ DB_NAME = "cores.db"
 KEYS_DIR = "keys"
 FORMAT = "hyperpi-store-1"
 SECRET_KEY_BYTES = 64
+WAL_CHECKPOINT_PAGES = 8192  # x 4 KiB pages = 32 MiB of WAL between automatic checkpoints
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +97,10 @@ class Store:
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # Each checkpoint copies the WAL into the database and fsyncs it; SQLite's default
+        # (1000 pages = 4 MiB) checkpoints several times per 100,000 chat messages. 32 MiB
+        # lets a burst of appends run without them, at the cost of a WAL file up to that size.
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         # quick_check reads every page once: cheap at chat-log sizes, and it turns a damaged
         # or truncated file into one clear error at open instead of odd failures later.
         result = db.execute("PRAGMA quick_check").fetchone()[0]
