@@ -293,3 +293,19 @@ def test_a_foreign_sqlite_file_and_a_bad_path(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StorageError, match="cannot use"):
         Store(tmp_path / "file")
+
+
+def test_manifest_only_exchange(tmp_path):
+    """An empty writer still proves its key: a reader asks for the manifest alone, and a
+    request for a missing block with the manifest flag gets the manifest back."""
+    wstore, w = writer(tmp_path / "w")
+    with wstore, Store(tmp_path / "r") as rstore:
+        reader = Core.open(rstore, w.key)
+        assert reader.manifest is None and reader.compat
+        assert reader.verify_and_apply(w.proof(ProofRequest(fork=0, manifest=True))) == []
+        assert reader.manifest == w.manifest and reader.has_manifest and not reader.compat
+        w.append([chat(0)])
+        answer = w.proof(ProofRequest(fork=0, block=BlockRequest(5, 0), manifest=True))
+        assert answer.block is None and answer.manifest == w.manifest
+        with pytest.raises(ProofUnavailable):
+            w.proof(ProofRequest(fork=0, block=BlockRequest(5, 0)))

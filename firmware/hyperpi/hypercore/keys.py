@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import nacl.bindings
@@ -87,7 +87,6 @@ class Manifest:
     prologue: Prologue | None = None
     linked: tuple[bytes, ...] | None = None
     user_data: bytes | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def default_manifest(public_key: bytes) -> Manifest:

@@ -56,6 +56,8 @@ def generate_proof(
     value = None
     if req.block is not None:
         if req.block.index >= length or (value := get_block(req.block.index)) is None:
+            if attach is not None:
+                return Proof(fork=fork, manifest=attach)  # as Node: still answer the manifest
             raise ProofUnavailable(NOT_AVAILABLE, f"block {req.block.index} is not held here")
     if req.block is None and req.hash is None and req.upgrade is None:
         return Proof(fork=fork, manifest=attach)
@@ -235,7 +237,7 @@ def verify_proof(
         raise VerificationError(f"proof is for fork {proof.fork}, we are at fork {fork} (reorgs unsupported)")
     if up.length < 1:
         raise VerificationError("an upgrade must add at least one block")
-    if up.start > length or (length > 0 and proof.fork != fork) or (length == 0 and up.start):
+    if up.start > length:
         raise VerificationError(f"upgrade starts at {up.start}, we hold {length}")
     if len(up.nodes) + len(up.additional_nodes) > MAX_PROOF_NODES:
         raise VerificationError("too many nodes in the upgrade")
