@@ -150,6 +150,8 @@ class Discovery:
         self._info: AsyncServiceInfo | None = None
         self._lock = asyncio.Lock()  # serialises register / update / unregister
         self._watcher: asyncio.Task[None] | None = None
+        # Our mDNS host name, fixed at creation so a renamed instance keeps the same host.
+        self._server = f"hyperpi-{hashlib.blake2b((name or '').encode(), digest_size=6).hexdigest()}.local."
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -206,11 +208,15 @@ class Discovery:
                 continue
             log.info("IPv4 addresses changed from %s to %s", published, current)
             published = current
-            await self._zc.async_update_interfaces()
-            async with self._lock:
-                if self._info is not None and self._zc is not None:
-                    self._info = self._service_info(self._info.name)
-                    await (await self._zc.async_update_service(self._info))
+            try:
+                await self._zc.async_update_interfaces()
+                async with self._lock:
+                    if self._info is not None and self._zc is not None:
+                        self._info = self._service_info(self._info.name)
+                        await (await self._zc.async_update_service(self._info))
+            except Exception:  # an interface vanishing mid-update; the next check retries
+                log.exception("could not follow the address change")
+                published = []
 
     # -- what we have seen -----------------------------------------------------------
 
@@ -240,13 +246,12 @@ class Discovery:
             addresses = sorted(self._interfaces)
         else:
             addresses = local_ipv4_addresses()
-        host = hashlib.blake2b(self.name.encode(), digest_size=6).hexdigest()
         return AsyncServiceInfo(
             SERVICE_TYPE,
             full_name,
             port=self.port,
             properties=encode_topics(self._topics),
-            server=f"hyperpi-{host}.local.",
+            server=self._server,
             parsed_addresses=addresses,
         )
 
