@@ -137,12 +137,22 @@ class EncryptedConnection:
 
     async def recv(self) -> bytes:
         """The next message; raises ConnectionClosed when the connection ends."""
+        if self._inbox:  # fast path: messages already decrypted by an earlier read
+            return self._inbox.popleft()
         async with self._recv_lock:
             while not self._inbox:
                 if self.closed:
                     raise ConnectionClosed(self.close_reason or "closed")
                 await self._read_once()
             return self._inbox.popleft()
+
+    async def recv_many(self) -> list[bytes]:
+        """Every message already received, at least one (waits for it); for callers that
+        handle a burst at once. Raises ConnectionClosed when the connection ends."""
+        first = await self.recv()
+        rest = list(self._inbox)
+        self._inbox.clear()
+        return [first, *rest]
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()

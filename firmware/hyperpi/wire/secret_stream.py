@@ -222,7 +222,14 @@ class SecretStream:
                     break
                 payload = bytes(buf[pos + 3 : pos + 3 + n])
                 pos += 3 + n
-                self._on_frame(payload, events)
+                if self._phase == _OPEN:  # the hot path, inlined
+                    plaintext = self._pull.pull(payload)  # type: ignore[union-attr]
+                    if plaintext is None:
+                        raise FrameError("message failed authentication (bad MAC or out of order)")
+                    if plaintext:  # empty plaintexts are keepalives
+                        events.append(Message(plaintext))
+                else:
+                    self._on_frame(payload, events)
         except WireError:
             self._fail()
             raise
