@@ -497,6 +497,15 @@ def open_target(path: str, *, is_block: bool) -> tuple[int, bool]:
     raise AssertionError("unreachable")
 
 
+def _same_device(fd: int, checked: str, path: str) -> None:
+    """The device we opened is the one we checked (no card swap or symlink change meanwhile)."""
+    rdev = os.fstat(fd).st_rdev
+    link = Path("/sys/dev/block") / f"{os.major(rdev)}:{os.minor(rdev)}"
+    if not link.exists() or link.resolve().name != checked:
+        os.close(fd)
+        raise UserError(f"{path} changed while it was being checked (card swapped?); run the command again")
+
+
 def _confirm(question: str, assume_yes: bool) -> None:
     if assume_yes:
         return
@@ -589,6 +598,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{part.label or ''}".rstrip(), file=sys.stderr)
             _confirm(f"All data on {disk.path} will be erased.", args.yes)
             fd, direct = open_target(target_path, is_block=True)
+            _same_device(fd, disk.name, target_path)
             target_size, is_block = disk.size, True
         try:
             result = flash_image(source, fd, label=target_path, bmap=bmap, verify=not args.no_verify,

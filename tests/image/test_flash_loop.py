@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperpi_host import cli
+from hyperpi_host import cli, flash
 from hyperpi_host.bmap import read_bmap, write_bmap
 from hyperpi_host.flash import flash_image, open_target
 from hyperpi_host.imagefile import open_image
@@ -117,6 +117,25 @@ def test_target_in_use_is_refused(loop_device, image) -> None:
         os.close(holder)
 
 
+def test_mounted_device_is_refused_by_the_exclusive_open(tmp_path: Path, loop_device) -> None:
+    device, backing = loop_device
+    if shutil.which("mkfs.ext4") is None:
+        pytest.fail("mkfs.ext4 is missing: tests/system-deps.sh installs e2fsprogs")
+    subprocess.run(["mkfs.ext4", "-q", device], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", device, str(mnt)], check=True)
+    try:
+        with pytest.raises(cli.UserError, match=f"{device} is in use .mounted, or open in another"):
+            open_target(device, is_block=True)
+        flash._unmount([(device, str(mnt))])  # what the command does once the user agrees
+        assert not os.path.ismount(mnt)
+        os.close(open_target(device, is_block=True)[0])
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", str(mnt)], check=True)
+
+
 @pytest.fixture
 def scsi_debug_disk():
     """A removable 40 MiB SCSI disk from the kernel's scsi_debug module."""
@@ -134,6 +153,8 @@ def scsi_debug_disk():
                 break
             time.sleep(0.1)
         assert names, "scsi_debug loaded but no disk appeared"
+        if shutil.which("udevadm"):  # let udev finish probing the new disk before we claim it
+            subprocess.run(["udevadm", "settle"], check=False, capture_output=True)
         yield f"/dev/{os.path.basename(names[0])}"
     finally:
         if shutil.which("udevadm"):
@@ -149,8 +170,18 @@ def test_command_flashes_a_removable_scsi_disk(tmp_path: Path, scsi_debug_disk: 
     assert "removable" in err and "verified" in err
     card = Path(scsi_debug_disk).read_bytes()
     assert all(card[r.start:r.end] == data[r.start:r.end] for r in bmap.ranges)
-    code, err = run_cli(str(path), scsi_debug_disk, "--yes", "--no-bmap")
+    # A mounted card: the command unmounts it (--yes answers that question too), then flashes.
+    subprocess.run(["mkfs.ext4", "-q", "-F", scsi_debug_disk], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", scsi_debug_disk, str(mnt)], check=True)
+    try:
+        code, err = run_cli(str(path), scsi_debug_disk, "--yes", "--no-bmap")
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", str(mnt)], check=False)
     assert code == 0, err
+    assert f"unmounted {scsi_debug_disk} from {mnt}" in err
     assert Path(scsi_debug_disk).read_bytes()[: len(data)] == data
     # Too small an image target is refused before writing.
     big = tmp_path / "big.img"
