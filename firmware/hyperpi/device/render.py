@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import segno
 from PIL import Image, ImageDraw, ImageFont
 
 from hyperpi.hypercore.keys import qr_payload, z32_encode
@@ -91,14 +90,19 @@ class _Style:
 
 
 @lru_cache(maxsize=8)
+def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(DEJAVU_DIR / name), size)
+
+
+@lru_cache(maxsize=8)
 def _style(screen: Screen) -> _Style:
     if screen.small or screen.mode == "1":
         font = ImageFont.load_default_imagefont()
         # Its cells are 11 px but ASCII ink uses rows 1-10: rows 10 px apart, drawn 1 px up.
         return _Style(font, font, 6, 10, screen.mode != "1", dy=-1)
     size = min(24, max(13, screen.width // 18))
-    font = ImageFont.truetype(str(DEJAVU_DIR / "DejaVuSansMono.ttf"), size)
-    bold = ImageFont.truetype(str(DEJAVU_DIR / "DejaVuSansMono-Bold.ttf"), size)
+    font = _font("DejaVuSansMono.ttf", size)
+    bold = _font("DejaVuSansMono-Bold.ttf", size)
     return _Style(font, bold, font.getlength("M"), size + 3, True)
 
 
@@ -149,7 +153,7 @@ def render_splash(screen: Screen, name: str, subtitle: str = "hyperpi") -> Image
         img.paste(big.convert(img.mode) if img.mode != "1" else big, ((screen.width - big.width) // 2, (screen.height - big.height) // 2))
         draw.text(((screen.width - len(subtitle) * 6) // 2, 2), subtitle, font=st.font, fill=_c(st, "dim"))
     else:
-        big = ImageFont.truetype(str(DEJAVU_DIR / "DejaVuSans-Bold.ttf"), max(18, screen.height // 7))
+        big = _font("DejaVuSansMono-Bold.ttf", max(18, screen.height // 7))
         w = draw.textlength(name, font=big)
         while w > screen.width - 8 and len(name) > 1:
             name = name[:-1]
@@ -253,6 +257,8 @@ def render_pairing(screen: Screen, key: bytes, name: str = "") -> Image.Image:
     img, draw = _new(screen, bg=WHITE if screen.mode != "1" else True)
     st = _style(screen)
     ink = BLACK if screen.mode != "1" else 0
+    import segno  # imported when first needed: 2 MB of RSS the chat screen does not use
+
     qr = segno.make(qr_payload(key), error="m", boost_error=False)
     matrix = qr.matrix
     n = len(matrix)
