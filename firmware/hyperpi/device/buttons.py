@@ -18,6 +18,9 @@ from gpiozero import Button
 from .boards import ButtonSpec
 
 HOLD_SECONDS = 1.0  # gpiozero's default hold_time; long enough that a firm press is not a hold
+# Tactile switches bounce for a few ms; 20 ms of stable level is well under a deliberate tap
+# (~100 ms) and stops one press counting twice (lgpio debounces in the kernel driver).
+BOUNCE_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Buttons:
         self._held: set[str] = set()
         self.buttons: dict[str, Button] = {}
         for spec in specs:
-            button = Button(spec.pin, pull_up=True, hold_time=hold_time, pin_factory=pin_factory)
+            button = Button(spec.pin, pull_up=True, bounce_time=BOUNCE_SECONDS, hold_time=hold_time, pin_factory=pin_factory)
             button.when_held = self._on_held(spec)
             button.when_released = self._on_released(spec)
             self.buttons[spec.name] = button
