@@ -228,8 +228,10 @@ class SecretStream:
                         raise FrameError("message failed authentication (bad MAC or out of order)")
                     if plaintext:  # empty plaintexts are keepalives
                         events.append(Message(plaintext))
+                elif self._phase == _HANDSHAKE:
+                    self._on_handshake(payload, events)
                 else:
-                    self._on_frame(payload, events)
+                    self._on_header(payload)
         except WireError:
             self._fail()
             raise
@@ -240,19 +242,6 @@ class SecretStream:
         self._phase = _FAILED
         self._inbuf = bytearray()
         self._noise = None
-
-    def _on_frame(self, payload: bytes, events: list[Event]) -> None:
-        if self._phase == _OPEN:
-            assert self._pull is not None
-            plaintext = self._pull.pull(payload)
-            if plaintext is None:
-                raise FrameError("message failed authentication (bad MAC or out of order)")
-            if plaintext:  # empty plaintexts are keepalives
-                events.append(Message(plaintext))
-        elif self._phase == _HANDSHAKE:
-            self._on_handshake(payload, events)
-        else:
-            self._on_header(payload)
 
     def _on_handshake(self, payload: bytes, events: list[Event]) -> None:
         noise = self._noise
