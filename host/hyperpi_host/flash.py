@@ -113,7 +113,10 @@ class _Target:
         done = 0
         while done < len(data):
             try:
-                done += self._io(lambda: os.pwrite(self.fd, data[done:], offset + done))
+                n = self._io(lambda: os.pwrite(self.fd, data[done:], offset + done))
+                if n == 0:  # the end of a block device
+                    raise OSError(errno.ENOSPC, "no space left")
+                done += n
             except OSError as error:
                 if error.errno == errno.ENOSPC:
                     raise FlashError(f"{self.label} is full at byte {offset + done}: the image is "
@@ -587,6 +590,10 @@ def run(args: argparse.Namespace) -> int:
                 if not stat.S_ISREG(mode):
                     raise UserError(f"{target_path} exists and is not a regular file; --to-file "
                                     "writes image files only")
+                for own in (args.image, bmap_path):
+                    if own and os.path.exists(own) and os.path.samefile(own, target_path):
+                        raise UserError(f"{target_path} is the image or its bmap itself; "
+                                        "choose another target file")
                 _confirm(f"{target_path} exists and will be overwritten.", args.yes)
             fd, direct = open_target(target_path, is_block=False)
             target_size, is_block = None, False

@@ -9,6 +9,7 @@ device. The scsi_debug disk runs the whole command, safety checks included, end 
 from __future__ import annotations
 
 import glob
+import gzip
 import io
 import lzma
 import os
@@ -22,7 +23,7 @@ import pytest
 
 from hyperpi_host import cli, flash
 from hyperpi_host.bmap import read_bmap, write_bmap
-from hyperpi_host.flash import flash_image, open_target
+from hyperpi_host.flash import FlashError, flash_image, open_target
 from hyperpi_host.imagefile import open_image
 
 MiB = 1 << 20
@@ -105,6 +106,22 @@ def test_engine_writes_and_verifies_a_block_device(tmp_path: Path, loop_device, 
     else:
         assert card[: len(data)] == data  # zeros written too: a used card does not read back zero
         assert result.verified == len(data)
+
+
+def test_image_of_unknown_size_bigger_than_the_device(tmp_path: Path, loop_device) -> None:
+    device, backing = loop_device
+    packed = tmp_path / "big.img.gz"  # gzip: the size is known only at the end
+    packed.write_bytes(gzip.compress(os.urandom(DISK + 4 * MiB), compresslevel=1))
+    fd, direct = open_target(device, is_block=True)
+    try:
+        with open_image(packed) as source, pytest.raises(FlashError) as failed:
+            flash_image(source, fd, label=device, is_block=True, direct=direct, target_size=DISK,
+                        progress=False)
+    finally:
+        os.close(fd)
+    assert str(failed.value) == (f"{device} is full at byte {DISK}: the image is bigger than the "
+                                 f"target; {device} was left invalid (first MiB zeroed)")
+    assert backing.read_bytes()[:MiB] == bytes(MiB)
 
 
 def test_target_in_use_is_refused(loop_device, image) -> None:

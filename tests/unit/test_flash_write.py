@@ -178,6 +178,9 @@ def test_refusals_without_writing(tmp_path: Path, image: tuple[Path, bytes]) -> 
     assert code == 2 and err == f"hyperpi: no such image: {tmp_path / 'missing.img.xz'}\n"
     code, err = run_cli(str(path))
     assert code == 2 and "give an IMAGE and a TARGET" in err
+    code, err = run_cli(str(path), str(path), "--to-file", "--yes")
+    assert code == 2 and "is the image or its bmap itself" in err
+    assert path.stat().st_size == 12 * MiB
     code, err = run_cli(str(path), "/dev/sdzz7", "--yes")
     assert code == 2 and "no such device: /dev/sdzz7" in err
     assert existing.read_bytes() == b"precious"
