@@ -49,7 +49,9 @@ def populate(state: Path, n: int) -> None:
         now = time.time()
         for core, nick in ((own, "kitchen"), (other, "ana")):
             for start in range(0, n // 2, 1000):
-                core.append([chat_block(f"message {i}", nick, now - n + i) for i in range(start, start + 1000)])
+                core.append(
+                    [chat_block(f"message {i}", nick, now - n + i) for i in range(start, start + 1000)]
+                )
     (state / "friend.key").write_text(other.key.hex())
 
 
@@ -63,8 +65,19 @@ def start_service(config: Path, state: Path) -> tuple[float, float]:
             env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "hyperpi.device.main", "--config", str(config), "--state-dir", str(state), "--simulate"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "hyperpi.device.main",
+                    "--config",
+                    str(config),
+                    "--state-dir",
+                    str(state),
+                    "--simulate",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                env=env,
             )
             try:
                 while sock.recv(64) != b"READY=1":
@@ -124,10 +137,14 @@ def main() -> None:
         state = tmp_path / "full"
         populate(state, MESSAGES)
         friend = (state / "friend.key").read_text()
-        config.write_text(f'name = "kitchen"\nboard = "display-hat-mini"\n[[follow]]\nname = "Ana"\nkey = "{friend}"\n')
+        config.write_text(
+            f'name = "kitchen"\nboard = "display-hat-mini"\n[[follow]]\nname = "Ana"\nkey = "{friend}"\n'
+        )
         stored = start_service(config, state)
 
-    out = subprocess.run([sys.executable, "-c", LIVE, str(MESSAGES)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LIVE, str(MESSAGES)], capture_output=True, text=True, check=True
+    )
     live = json.loads(out.stdout.strip().splitlines()[-1])
 
     ready = sorted(r for r, _ in empty)

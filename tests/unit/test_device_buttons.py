@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
-
 from hyperpi.device.boards import get_board
 from hyperpi.device.buttons import Buttons
 from hyperpi.device.config import DeviceConfig
@@ -25,7 +24,9 @@ def make_service(tmp_path: Path, board: str) -> tuple[DeviceService, Store]:
     config = DeviceConfig(name="kitchen", board=board, presets=("Hello!", "On my way", "Yes"))
     device = open_device(get_board(board), dummy=True)  # None for headless
     display = Display(device, min_interval=0) if device is not None else None
-    return DeviceService(config, store, own, display=display, state_dir=tmp_path, clock=lambda: 1_700_000_000.0), store
+    return DeviceService(
+        config, store, own, display=display, state_dir=tmp_path, clock=lambda: 1_700_000_000.0
+    ), store
 
 
 async def press(pin: object, hold: bool = False) -> None:
@@ -44,7 +45,13 @@ def test_cycle_and_send_append_the_selected_preset(tmp_path: Path, board: str) -
     async def scenario() -> None:
         service, store = make_service(tmp_path, board)
         spec = get_board(board)
-        buttons = Buttons(spec.buttons, service.handle_button, asyncio.get_running_loop(), hold_time=HOLD, pin_factory=MockFactory())
+        buttons = Buttons(
+            spec.buttons,
+            service.handle_button,
+            asyncio.get_running_loop(),
+            hold_time=HOLD,
+            pin_factory=MockFactory(),
+        )
         next_name = next(b.name for b in spec.buttons if b.press == "next")
         send_name = next(b.name for b in spec.buttons if b.press == "send")
         service.app.mode = "chat"
@@ -67,7 +74,13 @@ def test_cycle_and_send_append_the_selected_preset(tmp_path: Path, board: str) -
 def test_hold_opens_pairing_and_any_press_returns(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store = make_service(tmp_path, "display-hat-mini")
-        buttons = Buttons(get_board("display-hat-mini").buttons, service.handle_button, asyncio.get_running_loop(), hold_time=HOLD, pin_factory=MockFactory())
+        buttons = Buttons(
+            get_board("display-hat-mini").buttons,
+            service.handle_button,
+            asyncio.get_running_loop(),
+            hold_time=HOLD,
+            pin_factory=MockFactory(),
+        )
         service.app.mode = "chat"
         await press(buttons.pin("A"), hold=True)
         assert service.app.mode == "pairing"
@@ -83,7 +96,13 @@ def test_hold_opens_pairing_and_any_press_returns(tmp_path: Path) -> None:
 def test_splash_then_chat_and_scrolling(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store = make_service(tmp_path, "display-hat-mini")
-        buttons = Buttons(get_board("display-hat-mini").buttons, service.handle_button, asyncio.get_running_loop(), hold_time=HOLD, pin_factory=MockFactory())
+        buttons = Buttons(
+            get_board("display-hat-mini").buttons,
+            service.handle_button,
+            asyncio.get_running_loop(),
+            hold_time=HOLD,
+            pin_factory=MockFactory(),
+        )
         assert service.app.mode == "splash"
         await press(buttons.pin("X"))  # any press leaves the splash
         assert service.app.mode == "chat"
@@ -105,7 +124,13 @@ def test_splash_then_chat_and_scrolling(tmp_path: Path) -> None:
 def test_two_button_board_scrolls_with_a_hold(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store = make_service(tmp_path, "mini-pitft")
-        buttons = Buttons(get_board("mini-pitft").buttons, service.handle_button, asyncio.get_running_loop(), hold_time=HOLD, pin_factory=MockFactory())
+        buttons = Buttons(
+            get_board("mini-pitft").buttons,
+            service.handle_button,
+            asyncio.get_running_loop(),
+            hold_time=HOLD,
+            pin_factory=MockFactory(),
+        )
         service.app.mode = "chat"
         service.append_chat("one")
         service.append_chat("two")

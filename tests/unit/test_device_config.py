@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hyperpi.device.config import EX_CONFIG, ConfigError, load_config
 from hyperpi.hypercore.keys import z32_encode
 
@@ -38,7 +37,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_good_file_loads(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, GOOD))
-    assert (c.name, c.board, c.presets, c.listen_port) == ("kitchen", "oled-bonnet", ("Hello!", "On my way"), 4000)
+    assert (c.name, c.board, c.presets, c.listen_port) == (
+        "kitchen",
+        "oled-bonnet",
+        ("Hello!", "On my way"),
+        4000,
+    )
     assert c.owner == KEY and c.follows[0].name == "Ana" and c.follows[0].key == KEY
     assert c.peers == (("192.168.1.20", 49737), ("fe80::1", 5000))
     assert c.buttons == {"A": 12} and c.state_dir == Path("/tmp/x")
@@ -84,7 +88,13 @@ def test_not_toml_and_missing(tmp_path: Path) -> None:
 def test_service_exits_78_with_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, 'name = "x"\nboard = "pi-tv"\n')
     env = {**os.environ, "NOTIFY_SOCKET": ""}
-    r = subprocess.run([sys.executable, "-m", "hyperpi.device.main", "--config", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "hyperpi.device.main", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 78
     assert r.stderr.count("\n") == 1 and "key 'board'" in r.stderr and str(path) in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -100,8 +110,15 @@ def test_example_config_loads() -> None:
 
 def test_systemd_unit(tmp_path: Path) -> None:
     unit = (ROOT / "firmware" / "hyperpi-device.service").read_text()
-    for line in ["Type=notify", "WatchdogSec=30", "Restart=on-failure", "User=hyperpi",
-                 "SupplementaryGroups=gpio spi i2c video", "RestartPreventExitStatus=78", "NoNewPrivileges=yes"]:
+    for line in [
+        "Type=notify",
+        "WatchdogSec=30",
+        "Restart=on-failure",
+        "User=hyperpi",
+        "SupplementaryGroups=gpio spi i2c video",
+        "RestartPreventExitStatus=78",
+        "NoNewPrivileges=yes",
+    ]:
         assert f"\n{line}\n" in unit, line
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -11,13 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops
-
 from hyperpi.device.app import DeviceApp
 from hyperpi.device.boards import BOARDS, get_board
 from hyperpi.device.display import Display, open_device
 from hyperpi.device.timeline import Presets, Timeline
 from hyperpi.hypercore import core_key, generate_keypair
+from PIL import Image, ImageChops
 
 FRAMES = Path(__file__).resolve().parent.parent / "fixtures" / "frames"
 REGEN = os.environ.get("HYPERPI_GOLDEN") == "regen"
@@ -52,7 +51,11 @@ def scene_app() -> DeviceApp:
     """The timeline every golden chat frame shows: names, unread, a flood, a delivered tick."""
     tl = Timeline(OWN, seen={BOB: 1, ANA: 2}, clock=lambda: NOW)
     tl.names.update({ANA: "Ana", BOB: "Bob"})
-    tl.update(ListFeed(ANA, [chat("Dinner at 7? Bring the 🍕 and something to drink, please", 3600), chat("ok 👍", 600)]))
+    tl.update(
+        ListFeed(
+            ANA, [chat("Dinner at 7? Bring the 🍕 and something to drink, please", 3600), chat("ok 👍", 600)]
+        )
+    )
     tl.update(ListFeed(BOB, [chat(f"flood {i}", 300 - i) for i in range(8)]))
     tl.update(ListFeed(STRANGER, [b'{"kind":"note","v":1}']))
     tl.update(ListFeed(OWN, [chat("On my way", 90, "kitchen"), chat("Hello!", 5, "kitchen")]))
@@ -94,7 +97,9 @@ def test_golden_frame(board: str, scene: str, tmp_path: Path) -> None:
     golden = Image.open(path)
     assert golden.size == image.size and golden.mode == image.mode
     if image.mode == "1":  # bitmap font, no anti-aliasing: must match exactly
-        assert ImageChops.difference(golden.convert("L"), image.convert("L")).getbbox() is None, _save(image, tmp_path, path)
+        assert ImageChops.difference(golden.convert("L"), image.convert("L")).getbbox() is None, _save(
+            image, tmp_path, path
+        )
         return
     diff = ImageChops.difference(golden.convert("RGB"), image.convert("RGB")).convert("L")
     noisy = sum(diff.point(lambda v: 255 if v > NOISE else 0).histogram()[255:])

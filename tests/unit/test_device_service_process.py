@@ -39,7 +39,9 @@ def test_watchdog_interval() -> None:
 def test_service_lifecycle(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config = tmp_path / "device.toml"
-    config.write_text(f'name = "kitchen"\nboard = "oled-bonnet"\nstate_dir = "{state}"\npresets = ["Hi", "Yes"]\n')
+    config.write_text(
+        f'name = "kitchen"\nboard = "oled-bonnet"\nstate_dir = "{state}"\npresets = ["Hi", "Yes"]\n'
+    )
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
@@ -47,8 +49,20 @@ def test_service_lifecycle(tmp_path: Path) -> None:
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": ""}
     frames = tmp_path / "frames"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hyperpi.device.main", "--config", str(config), "--simulate", "--frames", str(frames)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        [
+            sys.executable,
+            "-m",
+            "hyperpi.device.main",
+            "--config",
+            str(config),
+            "--simulate",
+            "--frames",
+            str(frames),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line.decode()) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]

@@ -44,7 +44,9 @@ def format_age(ms: int) -> str:
 
 
 class DeviceApp:
-    def __init__(self, name: str, timeline: Timeline, presets: Presets, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, name: str, timeline: Timeline, presets: Presets, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.name = name
         self.timeline = timeline
         self.presets = presets
@@ -104,7 +106,9 @@ class DeviceApp:
         lines = []
         for item in items[max(0, end - MAX_LINES_RENDERED) : end]:
             if isinstance(item, Collapsed):
-                lines.append(Line(self.timeline.name_of(item.feed), "", str(item.count), item.feed, collapsed=True))
+                lines.append(
+                    Line(self.timeline.name_of(item.feed), "", str(item.count), item.feed, collapsed=True)
+                )
                 continue
             own = item.feed == self.timeline.own_key
             lines.append(

@@ -45,7 +45,13 @@ class Buttons:
         self._held: set[str] = set()
         self.buttons: dict[str, Button] = {}
         for spec in specs:
-            button = Button(spec.pin, pull_up=True, bounce_time=BOUNCE_SECONDS, hold_time=hold_time, pin_factory=pin_factory)
+            button = Button(
+                spec.pin,
+                pull_up=True,
+                bounce_time=BOUNCE_SECONDS,
+                hold_time=hold_time,
+                pin_factory=pin_factory,
+            )
             button.when_held = self._on_held(spec)
             button.when_released = self._on_released(spec)
             self.buttons[spec.name] = button

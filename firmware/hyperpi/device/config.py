@@ -103,7 +103,9 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
             raise fail(f"follow[{i}]", "must have only 'name' and 'key'")
         fname = f.get("name")
         if not isinstance(fname, str) or not fname.strip() or len(fname) > MAX_NAME_CHARS:
-            raise fail(f"follow[{i}].name", f"must be a non-empty string of at most {MAX_NAME_CHARS} characters")
+            raise fail(
+                f"follow[{i}].name", f"must be a non-empty string of at most {MAX_NAME_CHARS} characters"
+            )
         follows.append(Follow(fname, _key(f.get("key"), f"follow[{i}].key", fail)))
 
     owner = data.get("owner")
@@ -119,7 +121,13 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
         raise fail("peers", 'must be a list of "host:port" strings')
     for p in raw_peers:
         host, sep, port_text = str(p).rpartition(":")
-        if not isinstance(p, str) or not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if (
+            not isinstance(p, str)
+            or not sep
+            or not host
+            or not port_text.isdigit()
+            or not 0 < int(port_text) < 65536
+        ):
             raise fail("peers", f'{p!r} is not "host:port"')
         peers.append((host.strip("[]"), int(port_text)))
 
@@ -133,7 +141,9 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
         raise fail("buttons", "must be a table of button name = BCM pin")
     for bname, pin in buttons.items():
         if bname not in names:
-            raise fail(f"buttons.{bname}", f"board {board} has no such button (it has {', '.join(sorted(names))})")
+            raise fail(
+                f"buttons.{bname}", f"board {board} has no such button (it has {', '.join(sorted(names))})"
+            )
         if not isinstance(pin, int) or isinstance(pin, bool) or not 0 <= pin <= 27:
             raise fail(f"buttons.{bname}", "must be a BCM GPIO number from 0 to 27")
 
@@ -158,4 +168,3 @@ def _key(value: Any, key: str, fail: Any) -> bytes:
         return parse_key(value)
     except ValueError as e:
         raise fail(key, str(e)) from None
-

@@ -36,13 +36,31 @@ def open_device(board: Board, *, dummy: bool = False) -> Any | None:
         from luma.core.interface.serial import i2c
         from luma.oled.device import ssd1306
 
-        return ssd1306(i2c(port=spec.i2c_port, address=spec.i2c_address), width=spec.width, height=spec.height, rotate=spec.rotate)
+        return ssd1306(
+            i2c(port=spec.i2c_port, address=spec.i2c_address),
+            width=spec.width,
+            height=spec.height,
+            rotate=spec.rotate,
+        )
     if spec.driver == "st7789":
         from luma.core.interface.serial import spi
         from luma.lcd.device import st7789
 
-        serial = spi(port=spec.spi_port, device=spec.spi_device, gpio_DC=spec.gpio_dc, gpio_RST=None, bus_speed_hz=SPI_SPEED_HZ)
-        return st7789(serial, width=spec.width, height=spec.height, rotate=spec.rotate, gpio_LIGHT=spec.gpio_backlight, active_low=False)
+        serial = spi(
+            port=spec.spi_port,
+            device=spec.spi_device,
+            gpio_DC=spec.gpio_dc,
+            gpio_RST=None,
+            bus_speed_hz=SPI_SPEED_HZ,
+        )
+        return st7789(
+            serial,
+            width=spec.width,
+            height=spec.height,
+            rotate=spec.rotate,
+            gpio_LIGHT=spec.gpio_backlight,
+            active_low=False,
+        )
     if spec.driver == "framebuffer":
         from luma.core.device import linux_framebuffer
 
@@ -54,7 +72,13 @@ class Display:
     """Shows frames on a luma device: skips frames equal to the last one, and says how long to
     wait before the next may be shown, so bursts of changes cost one redraw."""
 
-    def __init__(self, device: Any, *, min_interval: float = MIN_FRAME_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        device: Any,
+        *,
+        min_interval: float = MIN_FRAME_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.device = device
         self.screen = Screen(device.width, device.height, "1" if device.mode == "1" else "RGB")
         self.min_interval = min_interval

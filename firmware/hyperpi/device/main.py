@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hyperpi.hypercore import Core, KeyPair, Store, StorageError, generate_keypair
+from hyperpi.hypercore import Core, KeyPair, StorageError, Store, generate_keypair
 
 from . import notify
 from .boards import get_board
@@ -48,9 +48,20 @@ NetworkRunner = Callable[[DeviceService, DeviceConfig, KeyPair, asyncio.Event], 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperpi-device", description="The hyperpi chat service.")
-    p.add_argument("--config", type=Path, default=Path(os.environ.get("HYPERPI_DEVICE_CONFIG", DEFAULT_CONFIG)), help=f"settings file (default {DEFAULT_CONFIG})")
-    p.add_argument("--state-dir", type=Path, help="where feeds and secrets live (default: the config's state_dir)")
-    p.add_argument("--simulate", action="store_true", help="mock GPIO pins driven from the keyboard, screen in the terminal")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("HYPERPI_DEVICE_CONFIG", DEFAULT_CONFIG)),
+        help=f"settings file (default {DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, help="where feeds and secrets live (default: the config's state_dir)"
+    )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="mock GPIO pins driven from the keyboard, screen in the terminal",
+    )
     p.add_argument("--frames", type=Path, help="save every new screen frame as a PNG in this folder")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -111,7 +122,9 @@ def _network_runner() -> NetworkRunner | None:
     return network.run
 
 
-async def run(config: DeviceConfig, store: Store, feed_keys: KeyPair, noise_keys: KeyPair, args: Any, started: float) -> int:
+async def run(
+    config: DeviceConfig, store: Store, feed_keys: KeyPair, noise_keys: KeyPair, args: Any, started: float
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,7 +244,13 @@ def terminal_art(image: Any, max_cols: int) -> str:
     return "\n".join(rows)
 
 
-def _read_keyboard(loop: asyncio.AbstractEventLoop, buttons: Buttons, display: Display | None, folder: Path, stop: asyncio.Event) -> None:
+def _read_keyboard(
+    loop: asyncio.AbstractEventLoop,
+    buttons: Buttons,
+    display: Display | None,
+    folder: Path,
+    stop: asyncio.Event,
+) -> None:
     """Keys press mock buttons: first letter presses, capital holds; p saves a PNG; q quits."""
     from .buttons import HOLD_SECONDS
 
@@ -246,7 +265,10 @@ def _read_keyboard(loop: asyncio.AbstractEventLoop, buttons: Buttons, display: D
         import atexit
 
         atexit.register(termios.tcsetattr, sys.stdin, termios.TCSADRAIN, old)
-    log.info("simulated buttons: %s (capital letter: hold); p: save screen; q: quit", ", ".join(f"{k}={v}" for k, v in keys.items()))
+    log.info(
+        "simulated buttons: %s (capital letter: hold); p: save screen; q: quit",
+        ", ".join(f"{k}={v}" for k, v in keys.items()),
+    )
 
     async def press(name: str, hold: bool) -> None:
         pin = buttons.pin(name)

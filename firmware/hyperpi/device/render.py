@@ -24,19 +24,60 @@ DEJAVU_DIR = Path("/usr/share/fonts/truetype/dejavu")  # Debian fonts-dejavu-cor
 SMALL_SCREEN_WIDTH = 200  # narrower screens get the bitmap font (a TTF at 11 px smears on OLED)
 UNKNOWN_SYMBOL = "¤"  # in Latin-1, so the bitmap font has it too
 EMOJI_TEXT = {  # common emoji as text both fonts can draw
-    "😀": ":D", "😃": ":D", "😄": ":D", "😁": ":D", "😂": ":'D", "🤣": ":'D", "😊": ":)", "🙂": ":)",
-    "😉": ";)", "😛": ":P", "😜": ";P", "😢": ":'(", "😭": ":'(", "🙁": ":(", "☹": ":(", "😮": ":o",
-    "😎": "B)", "❤": "<3", "💕": "<3", "😍": "<3", "👍": "+1", "👎": "-1", "👋": "o/", "🎉": "\\o/",
-    "🙏": "(thx)", "✅": "[v]", "✔": "v", "❌": "[x]", "🔥": "(fire)", "☕": "(tea)", "🍕": "(pizza)",
+    "😀": ":D",
+    "😃": ":D",
+    "😄": ":D",
+    "😁": ":D",
+    "😂": ":'D",
+    "🤣": ":'D",
+    "😊": ":)",
+    "🙂": ":)",
+    "😉": ";)",
+    "😛": ":P",
+    "😜": ";P",
+    "😢": ":'(",
+    "😭": ":'(",
+    "🙁": ":(",
+    "☹": ":(",
+    "😮": ":o",
+    "😎": "B)",
+    "❤": "<3",
+    "💕": "<3",
+    "😍": "<3",
+    "👍": "+1",
+    "👎": "-1",
+    "👋": "o/",
+    "🎉": "\\o/",
+    "🙏": "(thx)",
+    "✅": "[v]",
+    "✔": "v",
+    "❌": "[x]",
+    "🔥": "(fire)",
+    "☕": "(tea)",
+    "🍕": "(pizza)",
 }
 
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
 PALETTE = {  # colour TFTs only
-    "status_bg": (24, 64, 120), "status_fg": WHITE, "text": (235, 235, 235), "age": (140, 140, 140),
-    "own": (120, 220, 120), "unread": (255, 196, 0), "tick": (90, 220, 90), "dim": (130, 130, 130),
-    "bar_bg": (48, 48, 48), "bar_fg": (255, 214, 90),
+    "status_bg": (24, 64, 120),
+    "status_fg": WHITE,
+    "text": (235, 235, 235),
+    "age": (140, 140, 140),
+    "own": (120, 220, 120),
+    "unread": (255, 196, 0),
+    "tick": (90, 220, 90),
+    "dim": (130, 130, 130),
+    "bar_bg": (48, 48, 48),
+    "bar_fg": (255, 214, 90),
 }
-SENDER_COLOURS = [(120, 190, 255), (255, 150, 120), (210, 150, 255), (255, 120, 200), (120, 230, 220), (230, 210, 120)]
+SENDER_COLOURS = [
+    (120, 190, 255),
+    (255, 150, 120),
+    (210, 150, 255),
+    (255, 120, 200),
+    (120, 230, 220),
+    (230, 210, 120),
+]
 
 
 @dataclass(frozen=True)
@@ -85,7 +126,9 @@ class _Style:
     colour: bool
     dy: int = 0  # where a row's text is drawn relative to the row's top
 
-    def text(self, draw: ImageDraw.ImageDraw, x: float, y: int, text: str, fill: object, bold: bool = False) -> None:
+    def text(
+        self, draw: ImageDraw.ImageDraw, x: float, y: int, text: str, fill: object, bold: bool = False
+    ) -> None:
         draw.text((x, y + self.dy), text, font=self.bold if bold else self.font, fill=fill)
 
 
@@ -150,7 +193,10 @@ def render_splash(screen: Screen, name: str, subtitle: str = "hyperpi") -> Image
         ImageDraw.Draw(small).text((0, 0), name, font=st.font, fill=1)
         scale = max(1, min(3, (screen.width - 4) // max(1, small.width)))
         big = small.resize((small.width * scale, 11 * scale), Image.NEAREST)
-        img.paste(big.convert(img.mode) if img.mode != "1" else big, ((screen.width - big.width) // 2, (screen.height - big.height) // 2))
+        img.paste(
+            big.convert(img.mode) if img.mode != "1" else big,
+            ((screen.width - big.width) // 2, (screen.height - big.height) // 2),
+        )
         draw.text(((screen.width - len(subtitle) * 6) // 2, 2), subtitle, font=st.font, fill=_c(st, "dim"))
     else:
         big = _font("DejaVuSansMono-Bold.ttf", max(18, screen.height // 7))
@@ -160,7 +206,13 @@ def render_splash(screen: Screen, name: str, subtitle: str = "hyperpi") -> Image
             w = draw.textlength(name, font=big)
         draw.text(((screen.width - w) / 2, screen.height / 2), name, font=big, fill=WHITE, anchor="lm")
         sw = draw.textlength(subtitle, font=st.font)
-        draw.text(((screen.width - sw) / 2, screen.height / 2 - big.size), subtitle, font=st.font, fill=PALETTE["dim"], anchor="lm")
+        draw.text(
+            ((screen.width - sw) / 2, screen.height / 2 - big.size),
+            subtitle,
+            font=st.font,
+            fill=PALETTE["dim"],
+            anchor="lm",
+        )
     return img
 
 
@@ -215,7 +267,9 @@ def _message_rows(line: Line, screen: Screen, cols: int) -> list[tuple[str, int]
     tick = f" v{line.delivered}" if line.delivered else ""  # 'v' cell is drawn over as a tick
     header = f"{drawable(line.sender, screen)} {line.age}{tick}"
     body = drawable(line.text, screen)
-    wrapped = textwrap.wrap(f"{header} {body}", cols, break_long_words=True, break_on_hyphens=False) or [header]
+    wrapped = textwrap.wrap(f"{header} {body}", cols, break_long_words=True, break_on_hyphens=False) or [
+        header
+    ]
     rows, left = [], len(header)
     for w in wrapped:
         rows.append((w, max(0, min(left, len(w)))))
@@ -234,11 +288,19 @@ def _draw_row(draw: ImageDraw.ImageDraw, st: _Style, row: tuple[str, int], y: in
     header, body = text[:header_len], text[header_len:]
     if header:
         sender_len = min(len(header), len(line.sender))
-        colour = PALETTE["own"] if line.own else SENDER_COLOURS[zlib.crc32(line.sender_key) % len(SENDER_COLOURS)]
+        colour = (
+            PALETTE["own"] if line.own else SENDER_COLOURS[zlib.crc32(line.sender_key) % len(SENDER_COLOURS)]
+        )
         st.text(draw, x0, y, header[:sender_len], colour if st.colour else 1, bold=True)
         rest = header[sender_len:]
         tick_at = rest.find(" v") if line.delivered else -1
-        st.text(draw, x0 + sender_len * st.advance, y, rest.replace(" v", "  ", 1) if tick_at >= 0 else rest, _c(st, "age"))
+        st.text(
+            draw,
+            x0 + sender_len * st.advance,
+            y,
+            rest.replace(" v", "  ", 1) if tick_at >= 0 else rest,
+            _c(st, "age"),
+        )
         if tick_at >= 0:
             _draw_tick(draw, st, x0 + (sender_len + tick_at + 1) * st.advance, y)
     st.text(draw, x0 + len(header) * st.advance, y, body, _c(st, "text"))
@@ -292,5 +354,7 @@ def render_pairing(screen: Screen, key: bytes, name: str = "") -> Image.Image:
             wrapped[-1] = wrapped[-1][:-1] + "~"
         ty = by0 + max(0, (by1 - by0 - len(wrapped) * st.line) // 2)
         for i, row_text in enumerate(wrapped):
-            st.text(draw, bx0 + (bx1 - bx0 - len(row_text) * st.advance) // 2, ty + i * st.line, row_text, ink)
+            st.text(
+                draw, bx0 + (bx1 - bx0 - len(row_text) * st.advance) // 2, ty + i * st.line, row_text, ink
+            )
     return img

@@ -131,7 +131,9 @@ class DeviceService:
         self._changed.set()
 
     def _watch(self, core: Core) -> None:
-        self._unsubscribe[core.key] = core.subscribe(lambda event, key=core.key: self._on_core_event(key, event))
+        self._unsubscribe[core.key] = core.subscribe(
+            lambda event, key=core.key: self._on_core_event(key, event)
+        )
         self._read(core.key)
 
     def _on_core_event(self, key: bytes, event: CoreEvent) -> None:
@@ -212,7 +214,9 @@ class DeviceService:
             self._changed.clear()
             self.redraw()
             waiters = [asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(stop.wait())]
-            _, pending = await asyncio.wait(waiters, timeout=self.app.next_change_in(), return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(
+                waiters, timeout=self.app.next_change_in(), return_when=asyncio.FIRST_COMPLETED
+            )
             for task in pending:
                 task.cancel()
 

@@ -99,9 +99,15 @@ def decode_block(data: bytes) -> tuple[str, int | None, str]:
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         # A chat block (DESIGN.md "Chat data"), or anything with a text field; extra fields ignored.
         claimed = value.get("time")
-        claimed = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0 else None
+        claimed = (
+            claimed if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0 else None
+        )
         nick = value.get("nick")
-        return sanitize(value["text"]), claimed, sanitize(nick, MAX_NICK_CHARS) if isinstance(nick, str) else ""
+        return (
+            sanitize(value["text"]),
+            claimed,
+            sanitize(nick, MAX_NICK_CHARS) if isinstance(nick, str) else "",
+        )
     # Other JSON: shown compactly, so feeds written by other tools still read sensibly.
     return sanitize(json.dumps(value, ensure_ascii=False, separators=(", ", ": "))), None, ""
 
