@@ -142,3 +142,20 @@ def test_two_button_board_scrolls_with_a_hold(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_redraw_waits_for_the_next_age_tick(tmp_path: Path) -> None:
+    clock = [1_700_000_000.0]
+    store = Store(tmp_path / "store")
+    own = Core.create(store)
+    config = DeviceConfig(name="kitchen", board="oled-bonnet")
+    device = open_device(get_board("oled-bonnet"), dummy=True)
+    service = DeviceService(config, store, own, display=Display(device, min_interval=0), clock=lambda: clock[0])
+    service.app.mode = "chat"
+    service.append_chat("hi")
+    clock[0] += 2  # past the send flash: "now" until 10 s old
+    assert abs(service.app.next_change_in() - 8) < 1e-6
+    clock[0] += 100  # "1m": the label changes at 120 s
+    assert abs(service.app.next_change_in() - 18) < 1e-6
+    assert service.redraw() is True and service.redraw() is False
+    store.close()

@@ -141,10 +141,21 @@ class DeviceApp:
         return render_chat(screen, self.chat_frame())
 
     def next_change_in(self) -> float:
-        """Seconds until the frame may change by itself (splash end, send flash, ages)."""
+        """Seconds until the frame may change by itself: the splash ends, the send flash ends,
+        or a shown age label ticks ("now" -> "10s" -> ... -> "1m" -> "2m"): at most a minute."""
         now = self._clock()
         if self.mode == "splash":
             return max(0.0, self._started + SPLASH_SECONDS - now)
         if now - self._sent_at < SEND_FLASH_SECONDS:
             return self._sent_at + SEND_FLASH_SECONDS - now
-        return 1.0  # ages tick in seconds for the first minute; unchanged frames are not redrawn
+        wait = 60.0
+        if self.mode == "chat":
+            now_ms = now * 1000
+            for item in self.timeline.view()[-MAX_LINES_RENDERED:]:
+                age = max(0.0, now_ms - item.time_ms) / 1000
+                if age < 10:
+                    wait = min(wait, 10 - age)
+                else:
+                    unit = 1 if age < 60 else 60 if age < 3600 else 3600 if age < 86400 else 86400
+                    wait = min(wait, unit - age % unit)
+        return max(0.05, wait)
