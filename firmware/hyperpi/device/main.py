@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return EX_UNAVAILABLE
     try:
         return asyncio.run(run(config, store, feed_keys, noise_keys, args, started))
+    except HypercoreError as e:  # a damaged store: say so in one line; systemd retries
+        print(f"hyperpi-device: feed store {state_dir / 'store'}: {e}", file=sys.stderr)
+        return EX_UNAVAILABLE
     finally:
         store.close()
 
@@ -299,7 +302,11 @@ def _read_keyboard(
         for ch in data:
             queue.put_nowait(ch)
 
-    loop.add_reader(sys.stdin.fileno(), readable)
+    try:
+        loop.add_reader(sys.stdin.fileno(), readable)
+    except (OSError, ValueError):  # stdin is a file or /dev/null: nothing to read keys from
+        log.warning("simulated buttons: stdin cannot be watched, no keyboard input")
+        return
     asyncio.ensure_future(worker())
 
 
