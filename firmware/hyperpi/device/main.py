@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hyperpi.hypercore import Core, KeyPair, StorageError, Store, generate_keypair
+from hyperpi.hypercore import Core, HypercoreError, KeyPair, StorageError, Store, generate_keypair
 
 from . import notify
 from .boards import get_board
