@@ -104,3 +104,30 @@ def wait_for(lines: queue.Queue[str], needle: str, timeout: float = 30) -> str:
     while needle not in seen:
         seen += lines.get(timeout=max(0.01, deadline - time.monotonic()))
     return seen
+
+
+def run_device(config: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NOTIFY_SOCKET": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "hyperpi.device.main", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_readable_secret_and_damaged_store_are_one_line_errors(tmp_path: Path) -> None:
+    from hyperpi.hypercore.storage import DB_NAME
+
+    state = tmp_path / "state"
+    config = tmp_path / "device.toml"
+    config.write_text(f'name = "kitchen"\nstate_dir = "{state}"\n')
+    state.mkdir()
+    (state / "feed.secret").write_bytes(os.urandom(64))
+    (state / "feed.secret").chmod(0o644)
+    r = run_device(config)
+    assert r.returncode == 69 and r.stderr.count("\n") == 1 and "chmod 600" in r.stderr
+    (state / "feed.secret").unlink()
+    (state / "store").mkdir()
+    (state / "store" / DB_NAME).write_bytes(b"not a database" * 100)
+    r = run_device(config)
+    assert r.returncode == 69 and r.stderr.count("\n") == 1 and "store" in r.stderr
+    assert "Traceback" not in r.stderr
