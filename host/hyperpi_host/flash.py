@@ -244,6 +244,14 @@ def flash_image(source: ImageSource, fd: int, *, label: str, bmap: Bmap | None =
     is written and flushed, before the read-back (tests use it to check the order and to
     damage the target). Raises FlashError / FlashInterrupted / ImageError.
     """
+    # Checks that need no writing come first: failing them leaves the target untouched.
+    if bmap and source.size is not None and source.size != bmap.image_size:
+        raise ImageError(f"the bmap describes a {bmap.image_size}-byte image but {source.path} "
+                         f"has {source.size} bytes: they do not belong together")
+    image_size = bmap.image_size if bmap else source.size
+    if image_size is not None and target_size is not None and image_size > target_size:
+        raise FlashError(f"{label} is too small ({target_size} bytes) for the image "
+                         f"({image_size} bytes)")
     target = _Target(fd, direct, is_block, label)
     zero_head = _aligned(HEAD)
     previous_term = signal.getsignal(signal.SIGTERM)
@@ -282,12 +290,6 @@ def _flash(source: ImageSource, target: _Target, bmap: Bmap | None, verify: bool
            target_size: int | None, show: bool, zero_head: mmap.mmap,
            after_write: Callable[[], None] | None) -> FlashResult:
     image_size = bmap.image_size if bmap else source.size
-    if bmap and source.size is not None and source.size != bmap.image_size:
-        raise ImageError(f"the bmap describes a {bmap.image_size}-byte image but {source.path} "
-                         f"has {source.size} bytes: they do not belong together")
-    if image_size is not None and target_size is not None and image_size > target_size:
-        raise FlashError(f"{target.label} is too small ({target_size} bytes) for the image "
-                         f"({image_size} bytes)")
 
     # Step 2: make the target invalid before anything else is written.
     if not target.is_block:

@@ -156,9 +156,12 @@ def test_bmap_of_another_image(tmp_path: Path, image: tuple[Path, bytes]) -> Non
     other = tmp_path / "other.img"
     other.write_bytes(os.urandom(8192))
     write_bmap(other, tmp_path / "other.bmap")
-    code, err = run_cli(str(path), str(tmp_path / "o.img"), "--to-file", "--yes",
+    target = tmp_path / "o.img"
+    target.write_bytes(b"kept")
+    code, err = run_cli(str(path), str(target), "--to-file", "--yes",
                         "--bmap", str(tmp_path / "other.bmap"))
-    assert code == 1 and "do not belong together" in err
+    assert code == 1 and err.endswith("do not belong together\n")
+    assert target.read_bytes() == b"kept"  # found before anything was written
 
 
 def test_refusals_without_writing(tmp_path: Path, image: tuple[Path, bytes]) -> None:
