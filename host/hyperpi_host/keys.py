@@ -27,6 +27,7 @@ from hyperpi.hypercore.keys import (
     parse_key,
     z32_encode,
 )
+from hyperpi.hypercore import Core, HypercoreError, Store
 from hyperpi_host import home
 from hyperpi_host.cli import UserError
 
@@ -162,17 +163,34 @@ def _store_identity(name: str, keypair: KeyPair, control: KeyPair | None) -> Ide
 
 
 def _create_control_feed(control: KeyPair) -> bytes:
-    """Create the owner's control feed in the host store; returns its core key."""
-    from hyperpi.hypercore import Core, Store
+    """Create the owner's control feed in the host store (or find it there); returns its key."""
+    with open_store() as store:
+        return _control_core(store, control).key
 
-    store = Store(store_path())
+
+def open_store() -> Store:
+    """The host's Hypercore store (control feeds, followed feeds); the caller closes it."""
     try:
-        core = Core.create(store, control)
-        return core.key
-    finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
+        return Store(store_path())
+    except HypercoreError as error:
+        raise UserError(f"{error}; move {store_path()} aside to start a fresh store")
+
+
+def open_control_feed(store: Store, name: str) -> Core:
+    """The owner `name`'s control feed in `store`, writable (created empty if missing)."""
+    identity = load_identity(name)
+    core = _control_core(store, load_control_keypair(name))
+    if core.key != identity.control_feed_key:
+        raise UserError(f"the control feed of {name!r} does not match {_public_path(name)}; restore it from an export")
+    return core
+
+
+def _control_core(store: Store, control: KeyPair) -> Core:
+    try:
+        # Creating with the same key pair again opens the existing core.
+        return Core.create(store, control)
+    except HypercoreError as error:
+        raise UserError(f"cannot open the control feed: {error}")
 
 
 def _encode_secrets(name: str, keypair: KeyPair, control: KeyPair | None) -> bytes:
@@ -251,6 +269,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("name", metavar="NAME")
     show.add_argument("--qr", action="store_true", help="print the pairing QR code in the terminal")
     show.add_argument("--png", type=Path, metavar="FILE", help="save the pairing QR code as a PNG")
+    show.add_argument(
+        "--style",
+        choices=("auto", "ansi", "dark", "light"),
+        default="auto",
+        help="QR rendering, as for `hyperpi qr` (default: ansi on a terminal, else dark)",
+    )
     show.set_defaults(func=cmd_show)
 
     export = sub.add_parser(
@@ -300,7 +324,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         from hyperpi_host import qr
 
         if args.qr:
-            sys.stdout.write(qr.render_terminal(qr.make_qr(identity.feed_key), qr.auto_style()))
+            style = qr.auto_style() if args.style == "auto" else args.style
+            sys.stdout.write(qr.render_terminal(qr.make_qr(identity.feed_key), style))
         if args.png is not None:
             qr.write_png(qr.make_qr(identity.feed_key), args.png)
             print(f"saved {args.png}")
