@@ -636,10 +636,11 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "flash", help="write an image to an SD card (checked, fast, verified)",
-        description="Write IMAGE (.img, .img.xz, .img.gz, .img.zst) to the SD card TARGET, "
-                    "then read it back to verify. TARGET must be a whole removable disk that "
-                    "does not hold the running system; you are asked to confirm unless --yes. "
-                    "A .bmap beside the image makes it write only the blocks that hold data.",
+        description="Write IMAGE (.img, .img.xz, .img.gz, .img.zst) to the SD card TARGET,\n"
+                    "then read it back to verify. TARGET must be a whole removable disk that\n"
+                    "does not hold the running system; you are asked to confirm unless --yes.\n"
+                    "A .bmap beside the image makes it write only the blocks that hold data.\n"
+                    "Ctrl-C is safe: the card is left clearly invalid, never half-good.",
         epilog="examples:  hyperpi flash --list\n"
                "           sudo hyperpi flash kitchen.img.xz /dev/sdb\n"
                "           hyperpi flash kitchen.img.xz copy.img --to-file",

@@ -19,7 +19,7 @@ import pytest
 from hyperpi_host import cli
 from hyperpi_host.bmap import read_bmap, write_bmap
 from hyperpi_host.flash import FlashError, flash_image, open_target
-from hyperpi_host.imagefile import ImageError, open_image
+from hyperpi_host.imagefile import open_image
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
