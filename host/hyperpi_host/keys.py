@@ -392,7 +392,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise UserError(f"removing a key cannot be undone; run `hyperpi keys rm {name} --yes` to confirm")
         what = "owner identity (its devices can no longer be paired from here)" if identity.owner else "key"
-        answer = input(f"delete {what} {name} ({z32_encode(identity.feed_key)})? [y/N] ")
+        try:
+            answer = input(f"delete {what} {name} ({z32_encode(identity.feed_key)})? [y/N] ")
+        except EOFError:
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("kept")
             return 1

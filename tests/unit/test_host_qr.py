@@ -179,3 +179,21 @@ def test_png_to_unwritable_place_is_one_line(
 ) -> None:
     code, out, err = run(capsys, "qr", z32_encode(key), "--png", str(tmp_path / "no" / "dir" / "f.png"))
     assert code == 2 and "cannot write" in err and out == ""
+
+
+def test_auto_style_uses_colours_only_on_a_colour_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert qr.auto_style(Tty()) == "ansi"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert qr.auto_style(Tty()) == "dark"
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert qr.auto_style(Tty()) == "dark"
+    monkeypatch.setenv("TERM", "xterm")
+    with open(__file__) as not_a_terminal:
+        assert qr.auto_style(not_a_terminal) == "dark"  # a pipe or file: plain text
