@@ -23,8 +23,47 @@ MIN_FRAME_INTERVAL = 0.1
 SPI_SPEED_HZ = 32_000_000  # luma's fastest documented rate for the ST7789
 
 
-def open_device(board: Board, *, dummy: bool = False) -> Any | None:
-    """The luma device for `board` (None for headless boards); `dummy` for tests/simulation."""
+class GpioOutputs:
+    """The RPi.GPIO calls luma makes for the DC, reset and backlight pins, done with gpiozero.
+
+    So one GPIO library (gpiozero, lgpio underneath on current Pi OS kernels) drives both the
+    buttons and the display on every Pi model, and tests drive both with gpiozero's mock pins.
+    """
+
+    BCM, OUT, IN, LOW, HIGH = 11, 0, 1, 0, 1
+
+    def __init__(self, pin_factory: Any = None) -> None:
+        self._pin_factory = pin_factory
+        self.outputs: dict[int, Any] = {}
+
+    def setmode(self, mode: int) -> None:
+        pass  # gpiozero numbers pins the BCM way already
+
+    def setwarnings(self, flag: bool) -> None:
+        pass
+
+    def setup(self, pin: int, direction: int, initial: int = 0, **kwargs: Any) -> None:
+        from gpiozero import DigitalOutputDevice
+
+        if pin not in self.outputs:
+            self.outputs[pin] = DigitalOutputDevice(
+                pin, initial_value=bool(initial), pin_factory=self._pin_factory
+            )
+
+    def output(self, pin: int, value: int) -> None:
+        self.outputs[pin].value = bool(value)
+
+    def cleanup(self, pins: int | list[int] | None = None) -> None:
+        chosen = list(self.outputs) if pins is None else [pins] if isinstance(pins, int) else list(pins)
+        for pin in chosen:
+            device = self.outputs.pop(pin, None)
+            if device is not None:
+                device.close()
+
+
+def open_device(board: Board, *, dummy: bool = False, pin_factory: Any = None, bus: Any = None) -> Any | None:
+    """The luma device for `board` (None for headless boards); `dummy` for tests/simulation.
+    `pin_factory` and `bus` (an spidev- or smbus-like object) replace the hardware in tests."""
     spec = board.display
     if spec is None:
         return None
@@ -36,25 +75,25 @@ def open_device(board: Board, *, dummy: bool = False) -> Any | None:
         from luma.core.interface.serial import i2c
         from luma.oled.device import ssd1306
 
-        return ssd1306(
-            i2c(port=spec.i2c_port, address=spec.i2c_address),
-            width=spec.width,
-            height=spec.height,
-            rotate=spec.rotate,
-        )
+        serial = i2c(bus=bus, port=spec.i2c_port, address=spec.i2c_address)
+        return ssd1306(serial, width=spec.width, height=spec.height, rotate=spec.rotate)
     if spec.driver == "st7789":
         from luma.core.interface.serial import spi
         from luma.lcd.device import st7789
 
+        gpio = GpioOutputs(pin_factory)
         serial = spi(
+            spi=bus,
+            gpio=gpio,
             port=spec.spi_port,
             device=spec.spi_device,
             gpio_DC=spec.gpio_dc,
-            gpio_RST=None,
+            gpio_RST=None,  # none of these boards wires the panel's reset to a GPIO
             bus_speed_hz=SPI_SPEED_HZ,
         )
         return st7789(
             serial,
+            gpio=gpio,
             width=spec.width,
             height=spec.height,
             rotate=spec.rotate,
