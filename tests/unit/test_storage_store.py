@@ -309,3 +309,24 @@ def test_manifest_only_exchange(tmp_path):
         assert answer.block is None and answer.manifest == w.manifest
         with pytest.raises(ProofUnavailable):
             w.proof(ProofRequest(fork=0, block=BlockRequest(5, 0)))
+
+
+def test_key_pairs_never_show_their_secret():
+    keypair = generate_keypair(SEED)
+    shown = repr(keypair) + str(keypair) + f"{keypair}"
+    assert keypair.secret_key.hex()[:16] not in shown and "hidden" in shown
+    assert keypair.public_key.hex() in shown
+
+
+def test_a_full_disk_fails_the_append_and_loses_nothing(tmp_path):
+    store, core = writer(tmp_path, 3)
+    with store:
+        (pages,) = store.db.execute("PRAGMA page_count").fetchone()
+        store.db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full from here on
+        with pytest.raises(StorageError, match="full") as info:
+            core.append([bytes(100_000)])
+        assert not isinstance(info.value, CorruptStore)
+        assert core.length == 3 and not core.has(3)
+        store.db.execute("PRAGMA max_page_count=1073741823")
+        assert core.append([chat(3)]) == 4
+        core.audit()

@@ -46,6 +46,9 @@ class KeyPair(NamedTuple):
     public_key: bytes
     secret_key: bytes
 
+    def __repr__(self) -> str:  # never print the secret half, not even in a traceback
+        return f"KeyPair(public_key={self.public_key.hex()}, secret_key=<hidden>)"
+
 
 def generate_keypair(seed: bytes | None = None) -> KeyPair:
     """A fresh random key pair, or the deterministic one for a 32-byte seed."""

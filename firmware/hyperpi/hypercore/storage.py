@@ -198,6 +198,11 @@ class Store:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        dir_fd = os.open(self.keys_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself survive a power cut
+        finally:
+            os.close(dir_fd)
 
     def read_secret_key(self, key: bytes) -> bytes | None:
         """The secret key for a core key, None if this store has none."""
@@ -229,6 +234,12 @@ def damage_is_corruption(what: str) -> Iterator[None]:
 
 
 def _storage_error(error: sqlite3.DatabaseError) -> StorageError:
-    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-        return StorageError(f"the store is busy in another process ({error})")
-    return CorruptStore(f"the store database failed: {error}")
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        return StorageError(f"the store is busy in another process ({text})")
+    # Disk full, I/O or permission trouble: the file may be fine, the machine is not.
+    if isinstance(error, sqlite3.OperationalError) and any(
+        word in text for word in ("full", "I/O", "readonly", "unable to open", "permission")
+    ):
+        return StorageError(f"the store cannot be written or read: {text}")
+    return CorruptStore(f"the store database is damaged: {text}")
