@@ -29,6 +29,7 @@ LSBLK_COLUMNS = ("NAME,KNAME,PATH,MAJ:MIN,TYPE,RM,HOTPLUG,RO,SIZE,VENDOR,MODEL,S
 # holding one of these is never a flash target, and we never offer to unmount it.
 SYSTEM_MOUNTS = ("/", "/boot", "/usr", "/var", "/etc", "/home", "/root", "/opt", "/srv", "/nix")
 SECTOR = 512  # sysfs `size` is always in 512-byte sectors, whatever the device's block size
+UNMOUNT_HINT = " (hyperpi flash offers to unmount them)"
 # Holder chains (partition -> crypt -> LVM -> ...) are short; a longer one means a sysfs loop.
 MAX_HOLDER_DEPTH = 16
 
@@ -336,7 +337,7 @@ def list_disks(view: SystemView) -> list[tuple[Target | None, str, str | None]]:
         try:
             result.append((inspect_target(name, view), path, None))
         except TargetMounted as mounted:
-            result.append((None, path, f"{mounted} (hyperpi flash offers to unmount them)"))
+            result.append((None, path, f"{mounted}{UNMOUNT_HINT}"))
         except TargetRefused as refused:
             result.append((None, path, str(refused)))
     return result

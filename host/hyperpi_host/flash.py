@@ -535,6 +535,8 @@ def _unmount(mounts: list[tuple[str, str]]) -> None:
 def _check_disk(path: str, image_size: int | None, assume_yes: bool) -> blockdev.Target:
     try:
         name = blockdev.device_name(path)
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise UserError(f"cannot write {path}: permission denied (run with sudo)")
         for attempt in range(2):
             view = blockdev.SystemView.read_live()
             try:
@@ -561,7 +563,9 @@ def _print_disks() -> int:
         for part in target.partitions:
             print(f"    {part.path} {human_bytes(part.size)} {part.fstype or ''} {part.label or ''}".rstrip())
     for target, path, reason in disks:
-        if not target:
+        if target is None and reason and reason.endswith(blockdev.UNMOUNT_HINT):
+            print(f"usable once unmounted: {reason}")
+        elif target is None:
             print(f"not usable: {reason}")
     if not usable:
         print("no removable disk found: insert the SD card (in a USB reader or the card slot)")

@@ -225,3 +225,12 @@ def test_ctrl_c_leaves_an_invalid_card(tmp_path: Path) -> None:
     assert f"interrupted: {out} was left deliberately invalid (its first MiB is zeroed" in err
     assert "Traceback" not in err
     assert out.read_bytes()[:MiB] == bytes(MiB)
+
+
+def test_list_shows_every_disk_with_a_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["flash", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # This machine's own disks are never offered; whatever it has, each line says why or what.
+    assert lines and all(l.startswith(("/dev/", "    /dev/", "not usable: /dev/", "usable once",
+                                       "no removable disk found")) for l in lines)
+    assert not any(l.startswith("/dev/vda:") for l in lines)
