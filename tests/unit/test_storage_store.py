@@ -330,3 +330,18 @@ def test_a_full_disk_fails_the_append_and_loses_nothing(tmp_path):
         store.db.execute("PRAGMA max_page_count=1073741823")
         assert core.append([chat(3)]) == 4
         core.audit()
+
+
+def test_a_failing_subscriber_does_not_fail_the_append(tmp_path, caplog):
+    store, core = writer(tmp_path)
+    seen = []
+
+    def broken(event):
+        raise RuntimeError("listener bug")
+
+    core.subscribe(broken)
+    core.subscribe(seen.append)
+    with store:
+        assert core.append([chat(0)]) == 1
+    assert seen == [CoreEvent("append", 1, None)]
+    assert "listener bug" in caplog.text

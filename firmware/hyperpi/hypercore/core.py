@@ -9,6 +9,7 @@ is committed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 
@@ -49,6 +50,8 @@ __all__ = [
     "Store",
     "VerificationError",
 ]
+
+log = logging.getLogger(__name__)
 
 # Node's append() refuses blocks over 15 MiB (MAX_SUGGESTED_BLOCK_SIZE); one block must fit
 # one secret-stream message (< 16 MiB) on the wire.
@@ -391,7 +394,10 @@ class Core:
     def _emit(self, event: CoreEvent) -> None:
         def deliver() -> None:
             for callback in list(self._subscribers):
-                callback(event)
+                try:
+                    callback(event)
+                except Exception:  # the data is committed: a broken listener must not undo the call
+                    log.exception("a subscriber of core %s failed on %s", self.key.hex()[:16], event.kind)
 
         self.store.after_commit(deliver)
 
