@@ -345,3 +345,18 @@ def test_a_failing_subscriber_does_not_fail_the_append(tmp_path, caplog):
         assert core.append([chat(0)]) == 1
     assert seen == [CoreEvent("append", 1, None)]
     assert "listener bug" in caplog.text
+
+
+def test_a_damaged_secret_key_file_is_refused_before_signing(tmp_path):
+    store, core = writer(tmp_path, 1)
+    key = core.key
+    store.close()
+    path = tmp_path / "keys" / f"{key.hex()}.secret"
+    data = bytearray(path.read_bytes())
+    data[3] ^= 1  # the seed half no longer makes the public half
+    path.write_bytes(bytes(data))
+    with Store(tmp_path) as store, pytest.raises(CorruptStore, match="damaged"):
+        Core.open(store, key)
+    path.write_bytes(bytes(data[:40]))
+    with Store(tmp_path) as store, pytest.raises(CorruptStore, match="damaged"):
+        Core.open(store, key)

@@ -77,7 +77,7 @@ class Core:
         """A writable core: generates a key pair if none is given and saves its secret key
         (0600). Creating again with the same key pair opens the existing core."""
         keypair = keypair or generate_keypair()
-        if len(keypair.secret_key) != 64 or keypair.secret_key[32:] != keypair.public_key:
+        if len(keypair.secret_key) != 64 or generate_keypair(keypair.secret_key[:32]) != keypair:
             raise ValueError("the key pair's secret key does not match its public key")
         key = core_key(keypair.public_key, compat)
         manifest = encode_manifest(default_manifest(keypair.public_key))
@@ -123,6 +123,9 @@ class Core:
         if secret is None:
             return
         public_key = secret[32:]
+        if generate_keypair(secret[:32]).public_key != public_key:
+            # Signing with a damaged key would store signatures nobody can verify.
+            raise CorruptStore(f"secret key file {self.store.secret_key_path(self.key)} is damaged")
         if self.key not in (public_key, core_key(public_key)):
             raise CorruptStore(
                 f"secret key file {self.store.secret_key_path(self.key)} belongs to another core"
