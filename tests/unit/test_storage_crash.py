@@ -58,4 +58,4 @@ def test_sigkill_during_appends_never_tears_or_loses_acked_state(tmp_path):
             lengths.append(core.length)
             last_acked = core.length  # the length can only grow from here
     assert lengths[-1] > 0
-    assert len(set(lengths)) > KILLS // 2, "the child should have made progress between kills"
+    assert len(set(lengths)) > KILLS // 4, "the child should have made progress between kills"
