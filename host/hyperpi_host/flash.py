@@ -433,48 +433,46 @@ def _read_back(target: _Target, spans: list[tuple[int, int]]) -> Iterator[tuple[
 def _verify(target: _Target, segments: list[_Segment], bmap: Bmap | None,
             chunks: list[tuple[int, int, bytes | None]], head: bytearray, image_size: int,
             show: bool) -> int:
-    """Compare the target (past the head) with the bmap's checksums or the chunk hashes."""
+    """Compare the target (past the head) with the bmap's range checksums and, where there
+    are none (no bmap, or a bmap range without one), the chunk hashes taken while writing."""
     target.drop_cache()
+    ranges = [(s.start, min(s.end, image_size), s.checksum) for s in segments if s.checksum]
+    hashed = [(pos, n, digest) for pos, n, digest in chunks if digest is not None]
+    spans = [(max(start, HEAD), end) for start, end, _ in ranges if end > HEAD]
+    spans += [(pos, pos + n) for pos, n, _ in hashed]
+    bar = Progress(sum(end - start for start, end in spans), f"verifying {target.label}") if show else None
+    data = _read_back(target, spans)
     verified = 0
-    if bmap is not None:
-        ranges = [(s.start, min(s.end, image_size), s.checksum) for s in segments if s.checksum]
-        spans = [(max(start, HEAD), end) for start, end, _ in ranges if end > HEAD]
-        total = sum(end - start for start, end in spans)
-        bar = Progress(total, f"verifying {target.label}") if show else None
-        data = _read_back(target, spans)
-        try:
-            for start, end, checksum in ranges:
-                digest = bmap.new_hash()
-                if start < HEAD:  # the head is checked byte for byte after it is written
-                    digest.update(memoryview(head)[start: min(end, HEAD)])
-                pos = max(start, HEAD)
-                while pos < end:
-                    _, piece = next(data)
-                    digest.update(piece)
-                    pos += len(piece)
-                    verified += len(piece)
-                    if bar:
-                        bar.update(len(piece))
-                if digest.hexdigest() != checksum:
-                    raise FlashError(f"verify failed: bytes {start}-{end - 1} of {target.label} "
-                                     "differ from the image (a faulty or fake card?)")
-        finally:
-            data.close()
+
+    def read_into(digest: "hashlib._Hash", count: int) -> None:
+        nonlocal verified
+        while count > 0:
+            _, piece = next(data)
+            digest.update(piece)
+            count -= len(piece)
+            verified += len(piece)
             if bar:
-                bar.close()
-        return verified
-    spans = [(pos, pos + n) for pos, n, _ in chunks]
-    total = sum(n for _, n, _ in chunks)
-    bar = Progress(total, f"verifying {target.label}") if show else None
+                bar.update(len(piece))
+
+    def mismatch(first: int, last: int) -> FlashError:
+        return FlashError(f"verify failed: bytes {first}-{last} of {target.label} differ from "
+                          "the image (a faulty or fake card?)")
+
     try:
-        for (pos, n, expected), (_, piece) in zip(chunks, _read_back(target, spans)):
-            if hashlib.sha256(piece).digest() != expected:
-                raise FlashError(f"verify failed: bytes {pos}-{pos + n - 1} of {target.label} "
-                                 "differ from the image (a faulty or fake card?)")
-            verified += n
-            if bar:
-                bar.update(n)
+        for start, end, checksum in ranges:
+            digest = bmap.new_hash() if bmap else hashlib.sha256()
+            if start < HEAD:  # the head is checked byte for byte after it is written
+                digest.update(memoryview(head)[start: min(end, HEAD)])
+            read_into(digest, end - max(start, HEAD))
+            if digest.hexdigest() != checksum:
+                raise mismatch(start, end - 1)
+        for pos, n, expected in hashed:
+            digest = hashlib.sha256()
+            read_into(digest, n)
+            if digest.digest() != expected:
+                raise mismatch(pos, pos + n - 1)
     finally:
+        data.close()
         if bar:
             bar.close()
     return verified
