@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 
 from . import flat_tree
 from .errors import (
@@ -261,18 +261,23 @@ class Core:
         except KeyError:
             return None
 
-    def missing_nodes(self, block_index: int) -> int:
+    def missing_nodes(self, block_index: int, also_held: Container[int] = ()) -> int:
         """The `nodes` count to put in a request for this block (Node's missingNodes):
-        levels from the leaf up to the nearest node we hold."""
+        levels from the leaf up to the nearest node we hold. `also_held`: nodes that proofs
+        already in flight will deliver, so pipelined requests ask for short paths."""
         head = 2 * self.length
         index = 2 * block_index
         if flat_tree.right_span(index) >= head:
             return 0
         count = 0
-        while not flat_tree.contains(index, head) and self._node(index) is None:
+        while not flat_tree.contains(index, head) and index not in also_held and self._node(index) is None:
             count += 1
             index = flat_tree.parent(index)
         return count
+
+    def has_node(self, index: int) -> bool:
+        """Do we hold (trust) tree node `index`?"""
+        return self._node(index) is not None
 
     # --- writing -----------------------------------------------------------------------
 
