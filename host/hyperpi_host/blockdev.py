@@ -8,7 +8,7 @@ SYSTEM_MOUNTS) and no swap, on the disk itself, its partitions, or anything stac
 as `TargetMounted`, so the command can offer to unmount exactly those.
 
 Everything is read through a `SystemView` (lsblk JSON, a sysfs root, mountinfo, swaps):
-`SystemView.live()` reads this machine, `SystemView.from_fixture(dir)` a recorded one, so
+`SystemView.read_live()` reads this machine, `SystemView.from_fixture(...)` a recorded one, so
 every refusal is tested against real-format data without owning the hardware.
 """
 
@@ -22,6 +22,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hyperpi_host.progress import human_bytes
 
 LSBLK_COLUMNS = ("NAME,KNAME,PATH,MAJ:MIN,TYPE,RM,HOTPLUG,RO,SIZE,VENDOR,MODEL,SERIAL,TRAN,"
                  "FSTYPE,LABEL,MOUNTPOINTS,PKNAME")
@@ -72,7 +74,6 @@ class Target:
     partitions: list[Partition] = field(default_factory=list)
 
     def describe(self) -> str:
-        from hyperpi_host.progress import human_bytes
         what = " ".join(x for x in (self.vendor, self.model) if x) or "unknown device"
         via = f", {self.transport.upper()}" if self.transport else ""
         kind = "removable" if self.removable else "hotplug"
@@ -311,7 +312,6 @@ def inspect_target(name: str, view: SystemView, image_size: int | None = None) -
         raise TargetRefused(f"{path} is read-only: slide the card's lock switch up "
                             "(away from LOCK), reinsert it, and try again")
     if image_size is not None and image_size > size:
-        from hyperpi_host.progress import human_bytes
         raise TargetRefused(f"{path} is too small: {human_bytes(size)} ({size} bytes) for an "
                             f"image of {human_bytes(image_size)} ({image_size} bytes); use a bigger card")
     if mounted:
