@@ -1,0 +1,155 @@
+"""Replication over an encrypted connection: the asyncio adapter around `wire.replicator`.
+
+`CoreSet` is what a peer shares: its own feed and the feeds it follows, all in one `Store`.
+`replicate(conn, cores)` runs the replicator on one connection until it ends: it feeds
+received messages to the sans-IO `Replicator`, applies each received burst in one SQLite
+transaction (thousands of proofs a second would be too slow one commit each), and sends
+whatever the replicator queued. Local appends and downloads on other connections reach this
+one through the cores' events, so a block appended anywhere travels live.
+
+    cores = CoreSet(store, [my_feed, friend_feed])
+    await replicate(conn, cores, on_progress=lambda core, length: ...)
+
+A misbehaving peer ends only its own connection, with a one-line reason in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+from hyperpi.hypercore import Core, HypercoreError, Store
+from hyperpi.wire.errors import WireError
+from hyperpi.wire.replicator import Replicator
+
+from .stream import ConnectionClosed, EncryptedConnection
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Core, int], None]
+
+
+class CoreSet:
+    """The cores shared with peers, by discovery key. Sessions running when a core is added
+    open a channel for it at once (a device that starts following a feed)."""
+
+    def __init__(self, store: Store, cores: Iterable[Core] = ()) -> None:
+        self.store = store
+        self._cores: dict[bytes, Core] = {}
+        self._sessions: set[_Session] = set()
+        for core in cores:
+            self.add(core)
+
+    def add(self, core: Core) -> None:
+        if core.discovery_key in self._cores:
+            return
+        self._cores[core.discovery_key] = core
+        for session in list(self._sessions):
+            session.attach(core)
+
+    def remove(self, core: Core) -> None:
+        if self._cores.pop(core.discovery_key, None) is not None:
+            for session in list(self._sessions):
+                session.detach(core)
+
+    def get(self, discovery_key: bytes) -> Core | None:
+        return self._cores.get(discovery_key)
+
+    def __iter__(self) -> Iterator[Core]:
+        return iter(list(self._cores.values()))
+
+    def __len__(self) -> int:
+        return len(self._cores)
+
+
+class _Session:
+    """One connection's replication: a reader loop and sends serialised by a lock."""
+
+    def __init__(self, conn: EncryptedConnection, cores: CoreSet, on_progress: ProgressCallback | None) -> None:
+        assert conn.handshake_hash is not None, "replicate() needs a handshaken connection"
+        self.conn = conn
+        self.cores = cores
+        self.on_progress = on_progress
+        self.replicator = Replicator(conn.is_initiator, conn.handshake_hash, lookup=cores.get)
+        self._unsubscribe: dict[bytes, Callable[[], None]] = {}
+        self._send_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+
+    def attach(self, core: Core) -> None:
+        if core.discovery_key in self._unsubscribe:
+            return
+        self._unsubscribe[core.discovery_key] = core.subscribe(lambda event: self._changed(core))
+        self.replicator.add_core(core)
+        self._schedule_flush()
+
+    def detach(self, core: Core) -> None:
+        unsubscribe = self._unsubscribe.pop(core.discovery_key, None)
+        if unsubscribe:
+            unsubscribe()
+        self.replicator.remove_core(core)
+        self._schedule_flush()
+
+    def _changed(self, core: Core) -> None:
+        # Called after a commit: a local append, or blocks downloaded on any connection.
+        self.replicator.core_changed(core)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            for event in self.replicator.take_events():
+                if self.on_progress:
+                    self.on_progress(event.core, event.length)
+            frames = self.replicator.frames_to_send()
+            if frames and not self.conn.closed:
+                await self.conn.send_many(frames)
+
+    async def run(self) -> None:
+        self.cores._sessions.add(self)
+        try:
+            for core in self.cores:
+                self.attach(core)
+            await self._flush()
+            while True:
+                burst = await self.conn.recv_many()
+                error = self._receive(burst)
+                if error is not None:
+                    log.warning("peer %s: %s", self.conn.peername, error)
+                    self.conn.close(error)
+                    return
+                await self._flush()  # waits while the socket is full: the peer's reading paces us
+        except ConnectionClosed:
+            return
+        finally:
+            self.cores._sessions.discard(self)
+            for unsubscribe in self._unsubscribe.values():
+                unsubscribe()
+            self._unsubscribe.clear()
+            if self._flush_task is not None:
+                self._flush_task.cancel()
+
+    def _receive(self, burst: list[bytes]) -> str | None:
+        """Apply a burst of messages in one transaction; the reason to disconnect, if any.
+        A bad message stops the burst, and what came before it is kept: it was verified."""
+        with self.cores.store.transaction():
+            for plaintext in burst:
+                try:
+                    self.replicator.receive(plaintext)
+                except WireError as error:
+                    return str(error)
+                except HypercoreError as error:  # storage trouble: keep serving others
+                    return f"storage error while replicating: {error}"
+        return None
+
+
+async def replicate(
+    conn: EncryptedConnection, cores: CoreSet, *, on_progress: ProgressCallback | None = None
+) -> None:
+    """Replicate `cores` over `conn` until the connection ends (the swarm's on_connection).
+
+    `on_progress(core, length)`: the remote now holds blocks [0, length) of `core`."""
+    await _Session(conn, cores, on_progress).run()
