@@ -115,7 +115,8 @@ def test_every_key_form_gives_the_same_code(
 def make_photo(png_path: Path, out: Path, invert: bool) -> None:
     """A phone-photo-like picture: the code small on a grey, textured scene, tilted, blurred, JPEG."""
     with Image.open(png_path) as code_image:
-        code_image = code_image.convert("L").resize((300, 300), Image.BILINEAR)
+        code_image = code_image.convert("L")
+        code_image = code_image.resize((300, 300 * code_image.height // code_image.width), Image.BILINEAR)
     if invert:  # a light-on-dark OLED screen
         code_image = ImageOps.invert(code_image)
     scene = Image.effect_noise((1200, 900), 40).point(lambda v: 90 + v // 4)
@@ -132,6 +133,25 @@ def test_read_photo_prints_key(
     qr.write_png(qr.make_qr(key), png)
     photo = tmp_path / "photo.jpg"
     make_photo(png, photo, invert)
+    code, out, _ = run(capsys, "qr", "--read", str(photo))
+    assert code == 0
+    assert out == z32_encode(key) + "\n"
+
+
+@pytest.mark.parametrize("board", ["oled-bonnet", "display-hat-mini"])
+def test_read_photo_of_a_device_pairing_screen(
+    hyperpi_home: Path, tmp_path: Path, key: bytes, capsys: pytest.CaptureFixture, board: str
+) -> None:
+    # The frame the device itself shows on a long press, scaled up as a camera would see it.
+    from hyperpi.device.boards import BOARDS
+    from hyperpi.device.render import Screen, render_pairing
+
+    spec = BOARDS[board].display
+    frame = render_pairing(Screen(spec.width, spec.height, spec.mode), key, "kitchen").convert("L")
+    png = tmp_path / "screen.png"
+    frame.resize((spec.width * 6, spec.height * 6), Image.NEAREST).save(png)
+    photo = tmp_path / "screen.jpg"
+    make_photo(png, photo, invert=False)
     code, out, _ = run(capsys, "qr", "--read", str(photo))
     assert code == 0
     assert out == z32_encode(key) + "\n"
