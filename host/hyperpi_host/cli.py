@@ -58,4 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As `python -m hyperpi_host.cli` this file is `__main__`, a second copy of the module:
+    # run the package's copy, whose UserError is the one command modules raise.
+    from hyperpi_host.cli import main as package_main
+
+    sys.exit(package_main())
