@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "hyperpi_host.provision",
     "hyperpi_host.flash",
     "hyperpi_host.devices",
+    "hyperpi_host.chat",
 ]
 
 
