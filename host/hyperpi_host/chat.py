@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import signal
 import sys
 import threading
 import time
@@ -23,14 +21,12 @@ from pathlib import Path
 from hyperpi.device.timeline import sanitize
 from hyperpi.hypercore import Core, HypercoreError, Store, parse_key, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
-from hyperpi.net.swarm import DEFAULT_PORT, Swarm, parse_peer
-from hyperpi.wire.noise import Keypair, keypair
+from hyperpi.net.swarm import DEFAULT_PORT
 
+from . import netrun
 from .cli import UserError
-from .home import read_secret, write_secret
 
 FEED_FILE = "chat-feed"  # the key (hex) of the feed this store writes
-NOISE_FILE = "noise.secret"  # this store's peer identity (Noise static secret key), 0600
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,14 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _network_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help=f"accept peers on this address (default 0.0.0.0:{DEFAULT_PORT}, or any free port if taken)",
-    )
-    parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="dial this peer (repeatable)")
-    parser.add_argument("--no-mdns", action="store_true", help="do not find or announce peers on the LAN with mDNS")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log connections and errors to stderr")
+    netrun.add_network_arguments(parser, default_listen=f"0.0.0.0:{DEFAULT_PORT}, or any free port if taken")
 
 
 # --- the two commands ---------------------------------------------------------------------
@@ -177,19 +166,6 @@ def _own_feed(store: Store, folder: Path) -> Core:
         raise UserError(f"cannot open the chat feed in {folder}: {error}") from None
 
 
-def _noise_keypair(folder: Path) -> Keypair:
-    """This store's peer identity: the same across runs, so peers keep one connection to it."""
-    path = folder / NOISE_FILE
-    secret = read_secret(path) if path.exists() else None
-    if secret is None:
-        pair = keypair()
-        write_secret(path, pair.secret_key)
-        return pair
-    if len(secret) != 64 or keypair(secret[:32]).public_key != secret[32:]:
-        raise UserError(f"{path} is not a valid peer key; delete it to make a new one")
-    return Keypair(secret[32:], secret)
-
-
 def _read_lines_in_thread(deliver: Callable[[str | None], None]) -> None:
     # stdin may be a terminal, a pipe or a file: a thread reads any of them the same way.
     def reader() -> None:
@@ -200,63 +176,27 @@ def _read_lines_in_thread(deliver: Callable[[str | None], None]) -> None:
     threading.Thread(target=reader, name="stdin", daemon=True).start()
 
 
-def _listen_address(text: str | None) -> tuple[str, int, bool]:
-    """(host, port, port_is_fixed)."""
-    if text is None:
-        return "0.0.0.0", DEFAULT_PORT, False
-    try:
-        host, port = parse_peer(text)
-    except ValueError as error:
-        raise UserError(str(error).replace("peer", "listen address", 1)) from None
-    return host, port, True
-
-
 def _run_with_swarm(args: argparse.Namespace, store: Store, core: Core, body: Callable) -> int:
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="hyperpi: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        peers = [parse_peer(p) for p in args.peer]
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    host, port, fixed = _listen_address(args.listen)
+    netrun.setup_logging(args.verbose)
+    options = netrun.NetworkOptions.from_args(args)
     cores = CoreSet(store, [core])
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        swarm = None
-        for attempt_port in (port, 0) if not fixed else (port,):
-            swarm = Swarm(
-                _noise_keypair(args.store),
-                attempt_port,
-                host=host,
-                name="hyperpi-chat",
-                mdns=not args.no_mdns,
-                peers=peers,
-                on_connection=lambda conn: replicate(conn, cores),
-            )
-            await swarm.join(core.discovery_key)
-            try:
-                await swarm.start()
-                break
-            except OSError as error:
-                await swarm.stop()
-                if fixed or attempt_port == 0:
-                    raise UserError(f"cannot listen on {host}:{attempt_port}: {error.strerror}") from None
-        assert swarm is not None
-        print(f"listening on {host}:{swarm.port}", file=sys.stderr, flush=True)
+    async def main(stop: asyncio.Event) -> None:
+        swarm = await netrun.start_swarm(
+            options,
+            netrun.noise_keypair(args.store),  # this store's peer identity
+            [core.discovery_key],
+            lambda conn: replicate(conn, cores),
+            name="hyperpi-chat",
+        )
+        print(f"listening on {options.host}:{swarm.port}", file=sys.stderr, flush=True)
         try:
             await body(stop)
         finally:
             await swarm.stop()
 
     try:
-        asyncio.run(main())
+        netrun.run_until_stopped(main)
     finally:
         store.close()
     return 0
