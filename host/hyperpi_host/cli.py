@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "hyperpi_host.flash",
     "hyperpi_host.devices",
     "hyperpi_host.chat",
+    "hyperpi_host.pair",
 ]
 
 

@@ -1,0 +1,539 @@
+"""`hyperpi pair`: tell a provisioned device which feeds to follow, through its owner's control feed.
+
+A device provisioned with `--owner` follows that owner's control feed (DESIGN.md, "Pairing after
+first boot"). `pair add` and `pair rm` append a signed `follow` / `unfollow` entry for one device
+(`"device": its feed key`, the format `hyperpi.device.control` reads) to that feed, then join the
+LAN swarm on the feed's discovery key and wait until the device holds the entry. The device is
+recognised by the Noise key recorded at provisioning (`<home>/devices/NAME.json`), so another
+peer replicating the feed does not count as delivery.
+
+Nothing is lost when the device is away: the entry stays in the control feed, and `pair sync`
+(or any later `pair add`/`rm` while the device is reachable) delivers it. How much of the control
+feed each device is known to hold is kept in `<home>/pairing.json`, so `pair list` can show what
+is still pending without touching the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from hyperpi.device.control import ControlEntry, parse_entry
+from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
+from hyperpi.net.replication import CoreSet, replicate
+from hyperpi.net.stream import EncryptedConnection
+
+from . import home, keys, netrun
+from .cli import UserError
+
+DEVICES_DIR = "devices"  # provision.record_device writes <home>/devices/NAME.json
+PAIRING_FILE = "pairing.json"  # per device feed key: how much of its control feed it holds
+DEFAULT_TIMEOUT = 30.0  # s; a device on the LAN connects within a few seconds (mDNS + dial)
+# An hour: longer than anyone waits at a terminal; `pair sync` in a loop suits longer waits.
+MAX_TIMEOUT = 3600.0
+EXIT_NOT_DELIVERED = 3  # distinct from 1 and 2 (user error): the entry is kept, delivery pending
+TICK = 0.5  # s between redraws of the waiting line on a terminal
+
+
+# --- devices and their owners -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device provisioned from this computer, as `hyperpi provision` recorded it."""
+
+    name: str
+    feed_key: bytes
+    noise_key: bytes | None  # its peer identity; None: any peer holding the entry counts
+    control_key: bytes | None  # its owner's control feed; None: provisioned without --owner
+
+
+def load_device(name: str) -> Device:
+    """The recorded device `name`; UserError if there is none (or the record is damaged)."""
+    from .provision import check_name
+
+    path = home.home_subdir(DEVICES_DIR) / f"{check_name(name)}.json"
+    try:
+        data = json.loads(path.read_text())
+        noise = data.get("noise_public_key_hex")
+        owner = data.get("owner_hex")
+        return Device(
+            name=name,
+            feed_key=_key32(data["feed_key_hex"]),
+            noise_key=_key32(noise) if noise else None,
+            control_key=_key32(owner) if owner else None,
+        )
+    except FileNotFoundError:
+        known = ", ".join(d.name for d in list_devices()) or "none yet"
+        raise UserError(
+            f"no device named {name!r} was provisioned from this computer (known: {known}); "
+            "devices are recorded by `hyperpi provision`"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is damaged; provision the device again to rewrite it") from None
+
+
+def _key32(text: str) -> bytes:
+    key = bytes.fromhex(text)
+    if len(key) != 32:
+        raise ValueError("not a 32-byte key")
+    return key
+
+
+def list_devices() -> list[Device]:
+    """Every readable device record, by name."""
+    from .provision import NAME_RE
+
+    devices = []
+    for path in sorted(home.home_subdir(DEVICES_DIR).glob("*.json")):
+        if NAME_RE.fullmatch(path.stem):
+            try:
+                devices.append(load_device(path.stem))
+            except UserError:
+                continue  # a damaged record is reported when that device is named
+    return devices
+
+
+def owner_of(device: Device, owner_name: str | None = None) -> str:
+    """The name of the local owner identity whose control feed `device` follows."""
+    if device.control_key is None:
+        raise UserError(
+            f"{device.name} was provisioned without --owner, so it follows no control feed; "
+            f"provision it again with --owner NAME (an owner from `hyperpi keys new --owner NAME`)"
+        )
+    if owner_name is not None:
+        identity = keys.load_identity(keys.check_name(owner_name))
+        if identity.control_feed_key != device.control_key:
+            raise UserError(f"{owner_name!r} is not the owner of {device.name}; leave out --owner to use the right one")
+        return owner_name
+    for identity in keys.list_identities():
+        if identity.control_feed_key == device.control_key:
+            return identity.name
+    raise UserError(
+        f"the owner of {device.name} (control feed {z32_encode(device.control_key)}) is not a key on this "
+        "computer; import it with `hyperpi keys import` from the computer that provisioned the device"
+    )
+
+
+# --- the control feed's entries ------------------------------------------------------------------
+
+
+def follow_entry(device: Device, key: bytes, name: str) -> bytes:
+    return _entry({"type": "follow", "key": z32_encode(key), "name": name, "device": z32_encode(device.feed_key)})
+
+
+def unfollow_entry(device: Device, key: bytes) -> bytes:
+    return _entry({"type": "unfollow", "key": z32_encode(key), "device": z32_encode(device.feed_key)})
+
+
+def _entry(value: dict[str, str]) -> bytes:
+    block = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        parse_entry(block)  # what the device would refuse is refused here, before it is signed
+    except ValueError as error:
+        raise UserError(f"the device would not accept this: {error}") from None
+    return block
+
+
+def entries_for(control: Core, device: Device) -> Iterable[tuple[int, ControlEntry]]:
+    """The control feed's entries the device applies (its own and the owner-wide ones), in order;
+    malformed ones are skipped, as the device skips them."""
+    for index in range(control.contiguous_length):
+        try:
+            entry = parse_entry(control.get(index))
+        except ValueError:
+            continue
+        if entry.device is None or entry.device == device.feed_key:
+            yield index, entry
+
+
+@dataclass(frozen=True)
+class Follow:
+    key: bytes
+    name: str
+    index: int  # the entry that set the name last
+
+
+def follows(control: Core, device: Device) -> dict[bytes, Follow]:
+    """The follows in effect on `device` once it has applied every entry (replayed as it does)."""
+    result: dict[bytes, Follow] = {}
+    for index, entry in entries_for(control, device):
+        if entry.key is None or entry.key == device.feed_key:
+            continue
+        if entry.kind == "follow" and entry.name is not None:
+            result[entry.key] = Follow(entry.key, entry.name, index)
+        elif entry.kind == "unfollow":
+            result.pop(entry.key, None)
+        elif entry.kind == "rename" and entry.name is not None and entry.key in result:
+            result[entry.key] = Follow(entry.key, entry.name, index)
+    return result
+
+
+def needed_length(control: Core, device: Device) -> int:
+    """How much of the control feed the device must hold to have every entry meant for it."""
+    last = -1
+    for index, _ in entries_for(control, device):
+        last = index
+    return last + 1
+
+
+# --- what each device is known to hold (<home>/pairing.json) -------------------------------------
+
+
+def _pairing_path():
+    return home.hyperpi_home() / PAIRING_FILE
+
+
+def _load_pairing() -> dict[str, dict]:
+    try:
+        data = json.loads(_pairing_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: every entry counts as pending, the next sync corrects it
+
+
+def held_length(device: Device) -> int:
+    """The control feed length `device` was last seen holding (0 if never seen)."""
+    record = _load_pairing().get(device.feed_key.hex())
+    if not isinstance(record, dict) or device.control_key is None:
+        return 0
+    if record.get("control_feed") != device.control_key.hex():
+        return 0  # a different owner since: what it held of the old feed says nothing
+    length = record.get("length")
+    return length if isinstance(length, int) and length >= 0 else 0
+
+
+def record_held(device: Device, length: int) -> None:
+    """Remember that `device` holds at least `length` blocks of its control feed."""
+    assert device.control_key is not None
+    if length <= held_length(device):
+        return
+    data = _load_pairing()
+    data[device.feed_key.hex()] = {"name": device.name, "control_feed": device.control_key.hex(), "length": length}
+    home.write_atomic(_pairing_path(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+
+
+# --- delivery: join the swarm until the devices hold their entries -------------------------------
+
+
+@dataclass
+class Delivery:
+    """One device waiting for its control feed to reach `needed` blocks."""
+
+    device: Device
+    control: Core
+    needed: int
+    held: int = 0
+    connected: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.held >= self.needed
+
+
+@dataclass
+class _WaitLine:
+    """One status line on stderr: redrawn in place on a terminal, one line per change otherwise."""
+
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    _last: str = ""
+
+    def show(self, status: str, seconds_left: float) -> None:
+        if self.stream.isatty():
+            self.stream.write(f"\r{status}, {seconds_left:.0f} s left\x1b[K")
+            self.stream.flush()
+        elif status != self._last:
+            self.stream.write(f"{status} (up to {seconds_left:.0f} s)\n")
+            self.stream.flush()
+        self._last = status
+
+    def end(self) -> None:
+        if self.stream.isatty() and self._last:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _status(deliveries: list[Delivery]) -> str:
+    waiting = [d for d in deliveries if not d.done]
+    parts = []
+    for d in waiting:
+        state = "connected, sending" if d.connected else "looking for it on the LAN"
+        parts.append(f"{d.device.name}: {state}")
+    return "waiting for " + "; ".join(parts)
+
+
+def deliver(deliveries: list[Delivery], store: Store, options: netrun.NetworkOptions, timeout: float) -> bool:
+    """Join the swarm on the control feeds until every delivery is done or `timeout` passes.
+    Updates each Delivery's `held` and `pairing.json`; other devices of the same owners that
+    show up are recorded too. True if Ctrl-C (or SIGTERM) cut the wait short."""
+    controls = {d.control.key: d.control for d in deliveries}
+    bystanders = [
+        device for device in list_devices()
+        if device.control_key in controls and all(device.feed_key != d.device.feed_key for d in deliveries)
+    ]
+    everyone = [*(d.device for d in deliveries), *bystanders]
+    cores = CoreSet(store, controls.values())
+    changed = asyncio.Event()
+
+    def on_progress(conn: EncryptedConnection, core: Core, length: int) -> None:
+        for device in everyone:
+            if device.control_key == core.key and device.noise_key in (None, conn.remote_public_key):
+                record_held(device, length)
+        for d in deliveries:
+            if d.control.key == core.key and d.device.noise_key in (None, conn.remote_public_key):
+                d.held = max(d.held, length)
+        changed.set()
+
+    def on_connection(conn: EncryptedConnection):
+        return replicate(conn, cores, on_progress=lambda core, length: on_progress(conn, core, length))
+
+    async def main(stop: asyncio.Event) -> bool:
+        swarm = await netrun.start_swarm(
+            options,
+            netrun.noise_keypair(home.hyperpi_home()),
+            [core.discovery_key for core in controls.values()],
+            on_connection,
+            name="hyperpi-host",
+        )
+        line = _WaitLine()
+        deadline = time.monotonic() + timeout
+        try:
+            while not stop.is_set() and not all(d.done for d in deliveries):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                remote_keys = set(swarm.connections)
+                for d in deliveries:
+                    d.connected = bool(remote_keys) if d.device.noise_key is None else d.device.noise_key in remote_keys
+                line.show(_status(deliveries), left)
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=min(TICK, left))
+                except TimeoutError:
+                    pass
+        finally:
+            line.end()
+            await swarm.stop()
+        return stop.is_set()
+
+    return netrun.run_until_stopped(main)
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pair",
+        help="make a device follow (or stop following) a feed, through its owner's control feed",
+        description=(
+            "Pair a device provisioned from this computer (`hyperpi provision --owner`) with other "
+            "people's feeds. Each change is a signed entry on the owner's control feed; the command "
+            "then waits on the LAN until the device has it. A device that is away gets it later, "
+            "from `hyperpi pair sync` or any pair command run while it is reachable."
+        ),
+    )
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    sub = parser.add_subparsers(dest="pair_command", metavar="ACTION")
+
+    add = sub.add_parser(
+        "add",
+        help="make DEVICE follow the feed KEY, shown as NAME",
+        description="Append a follow entry for DEVICE to its owner's control feed and wait until the device has it.",
+    )
+    add.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
+    add.add_argument("key", metavar="KEY", help="the feed to follow: z-base-32, hex, HYPERPI: QR payload, or a key name")
+    add.add_argument("--name", required=True, help="the name the device shows for this feed's messages")
+    _wait_arguments(add)
+    add.set_defaults(func=cmd_add)
+
+    rm = sub.add_parser(
+        "rm",
+        help="make DEVICE stop following the feed KEY",
+        description="Append an unfollow entry for DEVICE to its owner's control feed and wait until the device has it.",
+    )
+    rm.add_argument("device", metavar="DEVICE")
+    rm.add_argument("key", metavar="KEY", help="z-base-32, hex, HYPERPI: QR payload, or a key name")
+    _wait_arguments(rm)
+    rm.set_defaults(func=cmd_rm)
+
+    lst = sub.add_parser(
+        "list",
+        help="list the feeds DEVICE follows through pairing, and what it has not received yet",
+        description="The follows in effect on DEVICE once it has every control feed entry (offline: "
+        "reads this computer's copy of the control feed).",
+    )
+    lst.add_argument("device", metavar="DEVICE")
+    lst.set_defaults(func=cmd_list)
+
+    sync = sub.add_parser(
+        "sync",
+        help="deliver pending entries to DEVICE (or to every device with pending entries)",
+        description="Join the LAN and wait until DEVICE (default: every device provisioned from here "
+        "that has pending entries) holds all of its control feed entries.",
+    )
+    sync.add_argument("device", metavar="DEVICE", nargs="?")
+    _wait_arguments(sync)
+    sync.set_defaults(func=cmd_sync)
+
+
+def _wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--owner", metavar="OWNER", help="the owner identity (default: the one DEVICE was provisioned with)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+        help=f"seconds to wait for the device (default {DEFAULT_TIMEOUT:g}; 0: only record the entry)",
+    )
+    netrun.add_network_arguments(parser, default_listen="any free port")
+
+
+def _check_timeout(args: argparse.Namespace) -> float:
+    if not 0 <= args.timeout <= MAX_TIMEOUT:
+        raise UserError(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {args.timeout:g}")
+    return args.timeout
+
+
+def _open_control(store: Store, owner: str) -> Core:
+    return keys.open_control_feed(store, owner)
+
+
+def _append(control: Core, block: bytes) -> int:
+    """Append one entry; its index."""
+    try:
+        return control.append([block]) - 1
+    except HypercoreError as error:
+        raise UserError(f"cannot write the control feed: {error}") from None
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    device = load_device(args.device)
+    key = keys.resolve_key(args.key)
+    if key == device.feed_key:
+        raise UserError(f"that is {device.name}'s own feed; give the key of the feed it should follow")
+    timeout = _check_timeout(args)
+    options = netrun.NetworkOptions.from_args(args, default_port=0)
+    owner = owner_of(device, args.owner)
+    with keys.open_store() as store:
+        control = _open_control(store, owner)
+        current = follows(control, device).get(key)
+        if current is not None and current.name == args.name.strip():
+            print(f"{device.name} already follows {current.name} ({z32_encode(key)})")
+        else:
+            index = _append(control, follow_entry(device, key, args.name))
+            print(f"{device.name} will follow {args.name.strip()} ({z32_encode(key)}): entry #{index} of {owner}'s control feed")
+        return _deliver_to([device], store, owner, options, timeout)
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    device = load_device(args.device)
+    key = keys.resolve_key(args.key)
+    timeout = _check_timeout(args)
+    options = netrun.NetworkOptions.from_args(args, default_port=0)
+    owner = owner_of(device, args.owner)
+    with keys.open_store() as store:
+        control = _open_control(store, owner)
+        current = follows(control, device).get(key)
+        if current is None:
+            # It may come from the device's settings (provision --follow): the device drops it too.
+            print(
+                f"note: {device.name} does not follow {z32_encode(key)} through pairing; "
+                "sending the unfollow anyway, for a follow from its settings",
+                file=sys.stderr,
+            )
+        index = _append(control, unfollow_entry(device, key))
+        who = current.name if current else z32_encode(key)
+        print(f"{device.name} will stop following {who}: entry #{index} of {owner}'s control feed")
+        return _deliver_to([device], store, owner, options, timeout)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    device = load_device(args.device)
+    owner = owner_of(device)
+    with keys.open_store() as store:
+        control = _open_control(store, owner)
+        in_effect = follows(control, device)
+        held = held_length(device)
+        needed = needed_length(control, device)
+        pending = sum(1 for index, _ in entries_for(control, device) if index >= held)
+    if not in_effect:
+        print(f"{device.name} follows no feeds through pairing; add one with: hyperpi pair add {device.name} KEY --name NAME")
+    else:
+        width = max(len("NAME"), *(len(f.name) for f in in_effect.values()))
+        print(f"{'NAME':<{width}}  {'FEED KEY':<52}  ON DEVICE")
+        for f in sorted(in_effect.values(), key=lambda f: f.index):
+            print(f"{f.name:<{width}}  {z32_encode(f.key)}  {'yes' if f.index < held else 'pending'}")
+    if needed > held:
+        print(
+            f"{pending} entr{'y' if pending == 1 else 'ies'} not yet on {device.name}; "
+            f"deliver with: hyperpi pair sync {device.name}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    timeout = _check_timeout(args)
+    options = netrun.NetworkOptions.from_args(args, default_port=0)
+    if args.device is not None:
+        devices = [load_device(args.device)]
+        owners = {owner_of(devices[0], args.owner)}
+    else:
+        devices, owners = [], set()
+        local = {i.control_feed_key: i.name for i in keys.list_identities() if i.control_feed_key}
+        for device in list_devices():
+            owner = local.get(device.control_key)
+            if owner is not None and (args.owner is None or owner == args.owner):
+                devices.append(device)
+                owners.add(owner)
+        if not devices:
+            print("no devices provisioned from here follow an owner key on this computer")
+            return 0
+    with keys.open_store() as store:
+        return _deliver_to(devices, store, owners, options, timeout)
+
+
+def _deliver_to(devices: list[Device], store: Store, owners: str | set[str],
+                options: netrun.NetworkOptions, timeout: float) -> int:
+    """Wait until each device holds its entries; 0 when all do, EXIT_NOT_DELIVERED otherwise."""
+    controls = {}
+    for owner in [owners] if isinstance(owners, str) else sorted(owners):
+        core = _open_control(store, owner)
+        controls[core.key] = core
+    deliveries = []
+    for device in devices:
+        control = controls[device.control_key]
+        d = Delivery(device, control, needed_length(control, device), held_length(device))
+        if d.done:
+            print(f"{device.name} already has every entry")
+        else:
+            deliveries.append(d)
+    if not deliveries:
+        return 0
+    interrupted = False
+    if timeout > 0:
+        netrun.setup_logging(options.verbose)
+        interrupted = deliver(deliveries, store, options, timeout)
+    late = [d.device.name for d in deliveries if not d.done]
+    for d in deliveries:
+        if d.done:
+            print(f"delivered: {d.device.name} has every entry meant for it")
+    if not late:
+        return 0
+    names = ", ".join(late)
+    if interrupted:
+        waited = "did not get its entries before the interruption"
+    elif timeout > 0:
+        waited = f"did not get its entries within {timeout:g} s"
+    else:
+        waited = "was not contacted (--timeout 0)"
+    print(
+        f"hyperpi: {names} {waited}; they are kept and will be delivered by "
+        f"`hyperpi pair sync` or the next pair command while {'it is' if len(late) == 1 else 'they are'} reachable",
+        file=sys.stderr,
+    )
+    return 130 if interrupted else EXIT_NOT_DELIVERED
