@@ -1,0 +1,213 @@
+"""`hyperpi pair` without the network: the entries it writes, what the device makes of them,
+`pair list`, pending delivery, and every refusal (one line, control feed unchanged)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hyperpi.device.config import DeviceConfig
+from hyperpi.device.control import parse_entry
+from hyperpi.device.service import DeviceService
+from hyperpi.hypercore import Core, Store, generate_keypair, z32_encode
+from hyperpi.hypercore.keys import qr_payload
+from hyperpi.hypercore.types import BlockRequest, ProofRequest, UpgradeRequest
+from hyperpi_host import cli, keys, pair, provision
+
+
+@pytest.fixture
+def hyperpi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("HYPERPI_HOME", str(path))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def make_device(name: str, owner: str | None, tmp_path: Path) -> provision.Identity:
+    """Record a device as `hyperpi provision --device NAME --owner OWNER` does (no image needed)."""
+    control = keys.load_identity(owner).control_feed_key if owner else None
+    identity = provision.Identity(feed=generate_keypair(), noise=generate_keypair())
+    settings = provision.Settings(name=name, board="headless", owner=control)
+    provision.record_device(settings, identity, tmp_path / f"{name}.img")
+    return identity
+
+
+def copy_signed(writer: Core, reader: Core) -> None:
+    """Give `reader` the writer's blocks as replication does: signed proofs, verified."""
+    reader.verify_and_apply(
+        writer.proof(ProofRequest(fork=0, upgrade=UpgradeRequest(0, writer.length), manifest=True))
+    )
+    for i in range(writer.length):
+        reader.verify_and_apply(writer.proof(ProofRequest(fork=0, block=BlockRequest(i, reader.missing_nodes(i)))))
+
+
+def control_entries(owner: str) -> list[dict]:
+    with keys.open_store() as store:
+        core = keys.open_control_feed(store, owner)
+        return [json.loads(core.get(i)) for i in range(core.length)]
+
+
+@pytest.fixture
+def owned(hyperpi_home: Path, tmp_path: Path) -> provision.Identity:
+    """Owner `alice` with device `kitchen`; also a plain key `bob` to follow."""
+    keys.create_identity("alice", owner=True)
+    keys.create_identity("bob")
+    return make_device("kitchen", "alice", tmp_path)
+
+
+def test_offline_add_writes_a_follow_entry_and_keeps_it_pending(
+    owned: provision.Identity, capsys: pytest.CaptureFixture
+) -> None:
+    ana = generate_keypair().public_key
+    code, out, err = run(capsys, "pair", "add", "kitchen", z32_encode(ana), "--name", "Ana", "--timeout", "0")
+    assert code == pair.EXIT_NOT_DELIVERED == 3
+    assert "entry #0 of alice's control feed" in out
+    assert "kept" in err and "hyperpi pair sync" in err and "Traceback" not in err
+    (entry,) = control_entries("alice")
+    # Exactly the device-side format, addressed to this device by its feed key.
+    assert entry == {"type": "follow", "key": z32_encode(ana), "name": "Ana", "device": z32_encode(owned.feed_key)}
+    parsed = parse_entry(json.dumps(entry).encode())
+    assert (parsed.kind, parsed.key, parsed.name, parsed.device) == ("follow", ana, "Ana", owned.feed_key)
+
+    code, out, err = run(capsys, "pair", "list", "kitchen")
+    assert code == 0
+    assert "Ana" in out and z32_encode(ana) in out and "pending" in out
+    assert "1 entry not yet on kitchen" in err and "hyperpi pair sync kitchen" in err
+
+
+def test_keys_accepted_in_every_form(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+    ana = generate_keypair().public_key
+    bob = keys.load_identity("bob").feed_key
+    forms = [("A1", z32_encode(ana)), ("A2", ana.hex()), ("A3", qr_payload(ana)), ("Bob", "bob")]
+    for name, text in forms:
+        assert run(capsys, "pair", "add", "kitchen", text, "--name", name, "--timeout", "0")[0] == 3
+    entries = control_entries("alice")
+    assert [e["key"] for e in entries] == [z32_encode(ana)] * 3 + [z32_encode(bob)]
+    # The last name given wins, as on the device.
+    with keys.open_store() as store:
+        device = pair.load_device("kitchen")
+        follows = pair.follows(keys.open_control_feed(store, "alice"), device)
+    assert {k: f.name for k, f in follows.items()} == {ana: "A3", bob: "Bob"}
+
+
+def test_the_device_applies_what_pair_writes(
+    owned: provision.Identity, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A DeviceService reading the control feed ends with exactly the follows `pair list` shows,
+    and ignores entries meant for another device of the same owner."""
+    make_device("hall", "alice", tmp_path)
+    ana, bob, cat = (generate_keypair().public_key for _ in range(3))
+    for argv in [
+        ("add", "kitchen", z32_encode(ana), "--name", "Ana"),
+        ("add", "hall", z32_encode(bob), "--name", "Bob"),  # not for kitchen
+        ("add", "kitchen", z32_encode(cat), "--name", "Cat"),
+        ("rm", "kitchen", z32_encode(ana)),
+        ("add", "kitchen", z32_encode(cat), "--name", "Cat B"),
+    ]:
+        assert run(capsys, "pair", *argv, "--timeout", "0")[0] == 3
+
+    code, out, _ = run(capsys, "pair", "list", "kitchen")
+    assert code == 0 and "Cat B" in out and "Ana" not in out and "Bob" not in out
+
+    with keys.open_store() as store:
+        control = keys.open_control_feed(store, "alice")
+        device_store = Store(tmp_path / "device")
+        # The device's copy of the control feed: the same signed blocks, verified by proofs.
+        copy_signed(control, Core.open(device_store, control.key))
+        own = Core.create(device_store, owned.feed)
+        service = DeviceService(DeviceConfig(name="kitchen", board="headless", owner=control.key), device_store, own)
+        try:
+            assert set(service.feeds) == {cat}
+            assert service.timeline.names[cat] == "Cat B"
+        finally:
+            service.close()
+            device_store.close()
+
+
+def test_duplicate_add_appends_nothing(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+    ana = z32_encode(generate_keypair().public_key)
+    run(capsys, "pair", "add", "kitchen", ana, "--name", "Ana", "--timeout", "0")
+    code, out, _ = run(capsys, "pair", "add", "kitchen", ana, "--name", "Ana", "--timeout", "0")
+    assert code == 3 and "already follows Ana" in out
+    assert len(control_entries("alice")) == 1
+
+
+def test_rm_of_a_feed_not_paired_still_sends_the_unfollow(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+    other = generate_keypair().public_key
+    code, _, err = run(capsys, "pair", "rm", "kitchen", other.hex(), "--timeout", "0")
+    assert code == 3 and "does not follow" in err
+    assert control_entries("alice") == [
+        {"type": "unfollow", "key": z32_encode(other), "device": z32_encode(owned.feed_key)}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("add", "nowhere", "bob", "--name", "B"), "no device named 'nowhere'"),
+        (("add", "kitchen", "nobody", "--name", "B"), "no key named 'nobody'"),
+        (("add", "kitchen", "bob", "--name", "x" * 33), "would not accept this"),
+        (("add", "kitchen", "bob", "--name", "  "), "would not accept this"),
+        (("add", "kitchen", "bob", "--name", "a\nb"), "would not accept this"),
+        (("add", "kitchen", "bob", "--name", "B", "--owner", "bob"), "'bob' is not the owner of kitchen"),
+        (("add", "kitchen", "bob", "--name", "B", "--timeout", "-1"), "--timeout must be between"),
+        (("add", "kitchen", "bob", "--name", "B", "--peer", "nohost"), "not HOST:PORT"),
+        (("rm", "kitchen", "zz"), "not a key either"),
+        (("rm", "kitchen", "HYPERPI:0000"), "bad key"),
+        (("list", "Bad_Name"), "bad device name"),
+    ],
+)
+def test_refusals_are_one_line_and_change_nothing(
+    owned: provision.Identity, capsys: pytest.CaptureFixture, argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, "pair", *argv)
+    assert code == 2, (out, err)
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert control_entries("alice") == []
+
+
+def test_own_feed_refused(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run(capsys, "pair", "add", "kitchen", z32_encode(owned.feed_key), "--name", "Me")
+    assert code == 2 and "kitchen's own feed" in err
+    assert control_entries("alice") == []
+
+
+def test_device_without_owner_or_foreign_owner(hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_device("lonely", None, tmp_path)
+    code, _, err = run(capsys, "pair", "list", "lonely")
+    assert code == 2 and "without --owner" in err
+    keys.create_identity("carol", owner=True)
+    make_device("away", "carol", tmp_path)
+    (keys.keys_dir() / "carol.json").unlink()  # the owner key lives on another computer
+    code, _, err = run(capsys, "pair", "add", "away", "aa" * 32, "--name", "A", "--timeout", "0")
+    assert code == 2 and "not a key on this computer" in err and "hyperpi keys import" in err
+
+
+def test_damaged_device_record(owned: provision.Identity, capsys: pytest.CaptureFixture, hyperpi_home: Path) -> None:
+    (hyperpi_home / "devices" / "kitchen.json").write_text("{not json")
+    code, _, err = run(capsys, "pair", "list", "kitchen")
+    assert code == 2 and "damaged" in err and "provision the device again" in err
+
+
+def test_list_empty_and_sync_with_nothing_pending(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run(capsys, "pair", "list", "kitchen")
+    assert code == 0 and "follows no feeds" in out and err == ""
+    code, out, _ = run(capsys, "pair", "sync", "kitchen", "--no-mdns")
+    assert code == 0 and "already has every entry" in out
+
+
+def test_held_length_is_per_control_feed(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+    device = pair.load_device("kitchen")
+    assert pair.held_length(device) == 0
+    pair.record_held(device, 4)
+    pair.record_held(device, 2)  # never goes back: a slower peer's report says nothing new
+    assert pair.held_length(device) == 4
+    moved = pair.Device(device.name, device.feed_key, device.noise_key, bytes(32))
+    assert pair.held_length(moved) == 0  # re-provisioned to another owner: start over
