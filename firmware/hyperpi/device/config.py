@@ -26,7 +26,10 @@ MAX_PRESETS = 32  # cycling through more than this with one button is no longer 
 MAX_PRESET_CHARS = 140  # a preset is a short canned message, not a letter
 DEFAULT_PRESETS = ("Hello!", "On my way", "Yes", "No", "Call me", "Dinner is ready")
 
-_KNOWN_KEYS = {"name", "board", "presets", "follow", "owner", "listen_port", "peers", "state_dir", "buttons"}
+_KNOWN_KEYS = {
+    "name", "board", "presets", "follow", "owner", "listen_host", "listen_port", "mdns", "peers", "state_dir",
+    "buttons",
+}  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -49,6 +52,8 @@ class DeviceConfig:
     follows: tuple[Follow, ...] = ()
     owner: bytes | None = None  # key of the owner's control feed
     listen_port: int = DEFAULT_PORT
+    listen_host: str = "0.0.0.0"  # every interface; "127.0.0.1" keeps a simulated device on this machine
+    mdns: bool = True  # find peers and announce feeds on the LAN; off: static `peers` only
     peers: tuple[tuple[str, int], ...] = ()
     state_dir: Path = DEFAULT_STATE_DIR
     buttons: dict[str, int] = field(default_factory=dict)  # button name -> BCM pin override
@@ -115,6 +120,14 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise fail("listen_port", "must be a port number from 0 to 65535 (0 picks a free one)")
 
+    listen_host = data.get("listen_host", "0.0.0.0")
+    if not isinstance(listen_host, str) or not listen_host or not listen_host.isprintable():
+        raise fail("listen_host", 'must be an address to listen on, e.g. "0.0.0.0" or "127.0.0.1"')
+
+    mdns = data.get("mdns", True)
+    if not isinstance(mdns, bool):
+        raise fail("mdns", "must be true or false")
+
     peers = []
     raw_peers = data.get("peers", [])
     if not isinstance(raw_peers, list):
@@ -154,6 +167,8 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
         follows=tuple(follows),
         owner=owner_key,
         listen_port=port,
+        listen_host=listen_host,
+        mdns=mdns,
         peers=tuple(peers),
         state_dir=Path(state_dir),
         buttons=dict(buttons),

@@ -210,6 +210,7 @@ def _save_every_frame(display: Display, folder: Path) -> None:
             count += 1
             display.save(folder / f"frame-{count:05d}.png")
             display.save(folder / "latest.png")
+            log.info("frame saved: frame-%05d.png", count)  # tests match frames to log lines
         return shown
 
     display.show = show_and_save  # type: ignore[method-assign]
