@@ -41,6 +41,8 @@ def test_service_lifecycle(tmp_path: Path) -> None:
     config = tmp_path / "device.toml"
     config.write_text(
         f'name = "kitchen"\nboard = "oled-bonnet"\nstate_dir = "{state}"\npresets = ["Hi", "Yes"]\n'
+        # The network runs too: on loopback only, no mDNS (no traffic off this machine).
+        'listen_host = "127.0.0.1"\nlisten_port = 0\nmdns = false\n'
     )
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
