@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from hyperpi.net.swarm import DEFAULT_PORT, Address, ConnectionHandler, Swarm, parse_peer
+from hyperpi.net.swarm import (
+    DEFAULT_PORT,
+    Address,
+    ConnectionHandler,
+    Swarm,
+    parse_peer,
+)
 from hyperpi.wire.noise import Keypair, keypair
 
 from .cli import UserError

@@ -15,10 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import pytest
-
 from hyperpi.device.config import DeviceConfig
 from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, KeyPair, Store, generate_keypair, z32_encode
@@ -26,6 +25,7 @@ from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import Swarm
 from hyperpi.wire.noise import Keypair
 from hyperpi_host import keys, pair, provision
+
 from tests.unit.test_host_pair import hyperpi_home, make_device, run  # noqa: F401 (fixture)
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class DeviceStandIn:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),), daemon=True)
 
-    def __enter__(self) -> DeviceStandIn:
+    def __enter__(self) -> Self:
         self._thread.start()
         assert self._ready.wait(WAIT), "the stand-in device did not start"
         return self

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
-
 from hyperpi.device.config import DeviceConfig
 from hyperpi.device.control import parse_entry
 from hyperpi.device.service import DeviceService
@@ -211,3 +211,32 @@ def test_held_length_is_per_control_feed(owned: provision.Identity, capsys: pyte
     assert pair.held_length(device) == 4
     moved = pair.Device(device.name, device.feed_key, device.noise_key, bytes(32))
     assert pair.held_length(moved) == 0  # re-provisioned to another owner: start over
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_waiting_line_redraws_on_a_terminal_and_prints_changes_in_logs() -> None:
+    device = pair.Device("kitchen", bytes(32), None, bytes(32))
+    waiting = [pair.Delivery(device, None, needed=3)]  # type: ignore[arg-type]
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        line = pair._WaitLine(stream)
+        line.show(pair._status(waiting), 30)
+        line.show(pair._status(waiting), 29.4)
+        waiting[0].connected = True
+        line.show(pair._status(waiting), 28)
+        line.end()
+        waiting[0].connected = False
+    assert terminal.getvalue() == (
+        "\rwaiting for kitchen: looking for it on the LAN, 30 s left\x1b[K"
+        "\rwaiting for kitchen: looking for it on the LAN, 29 s left\x1b[K"
+        "\rwaiting for kitchen: connected, sending, 28 s left\x1b[K"
+        "\r\x1b[K"
+    )
+    assert log.getvalue() == (
+        "waiting for kitchen: looking for it on the LAN (up to 30 s)\n"
+        "waiting for kitchen: connected, sending (up to 28 s)\n"
+    )
