@@ -33,10 +33,13 @@ WAIT = 10.0  # s; loopback delivery takes well under a second, this only bounds 
 
 
 class DeviceStandIn:
-    """A device's service and swarm in a background thread, listening on 127.0.0.1:port."""
+    """A device's service and swarm in a background thread, listening on host:port
+    (mDNS off unless asked: only inside network namespaces)."""
 
-    def __init__(self, state: Path, feed: KeyPair, noise: KeyPair, control_key: bytes, port: int = 0) -> None:
+    def __init__(self, state: Path, feed: KeyPair, noise: KeyPair, control_key: bytes, port: int = 0,
+                 *, host: str = "127.0.0.1", mdns: bool = False) -> None:
         self.state, self.feed, self.noise, self.control_key, self.port = state, feed, noise, control_key, port
+        self.host, self.mdns = host, mdns
         self.service: DeviceService | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -88,9 +91,9 @@ class DeviceStandIn:
         swarm = Swarm(
             Keypair(self.noise.public_key, self.noise.secret_key),
             self.port,
-            host="127.0.0.1",
+            host=self.host,
             name="kitchen",
-            mdns=False,
+            mdns=self.mdns,
             on_connection=lambda conn: replicate(conn, cores),
         )
         for core in service.cores():
@@ -192,3 +195,30 @@ def test_only_the_recorded_device_counts(
         code, out, err = run(capsys, "pair", "sync", "kitchen", *net, "--timeout", str(WAIT))
         assert code == 0, err
         assert "delivered: kitchen" in out
+
+
+def main() -> None:
+    """The stand-in as a process (for network namespaces): argv[1] is JSON with state, feed and
+    noise (secret keys, hex), control (key, hex), host, port, mdns. Prints `ready PORT`; then each
+    stdin line `follows` prints the followed feed keys as a JSON list of hex; EOF stops it."""
+    import sys
+
+    options = json.loads(sys.argv[1])
+
+    def pair_of(secret_hex: str) -> KeyPair:
+        secret = bytes.fromhex(secret_hex)
+        return KeyPair(secret[32:], secret)
+
+    stand_in = DeviceStandIn(
+        Path(options["state"]), pair_of(options["feed"]), pair_of(options["noise"]),
+        bytes.fromhex(options["control"]), options["port"], host=options["host"], mdns=options["mdns"],
+    )
+    with stand_in:
+        print(f"ready {stand_in.port}", flush=True)
+        for line in sys.stdin:
+            if line.strip() == "follows":
+                print(json.dumps(sorted(k.hex() for k in stand_in.call(lambda s: list(s.feeds)))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
