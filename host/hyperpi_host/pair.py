@@ -20,8 +20,9 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from hyperpi.device.control import ControlEntry, parse_entry
@@ -186,7 +187,7 @@ def needed_length(control: Core, device: Device) -> int:
 # --- what each device is known to hold (<home>/pairing.json) -------------------------------------
 
 
-def _pairing_path():
+def _pairing_path() -> Path:
     return home.hyperpi_home() / PAIRING_FILE
 
 
@@ -290,7 +291,7 @@ def deliver(deliveries: list[Delivery], store: Store, options: netrun.NetworkOpt
                 d.held = max(d.held, length)
         changed.set()
 
-    def on_connection(conn: EncryptedConnection):
+    def on_connection(conn: EncryptedConnection) -> Awaitable[None]:
         return replicate(conn, cores, on_progress=lambda core, length: on_progress(conn, core, length))
 
     async def main(stop: asyncio.Event) -> bool:
@@ -398,10 +399,6 @@ def _check_timeout(args: argparse.Namespace) -> float:
     return args.timeout
 
 
-def _open_control(store: Store, owner: str) -> Core:
-    return keys.open_control_feed(store, owner)
-
-
 def _append(control: Core, block: bytes) -> int:
     """Append one entry; its index."""
     try:
@@ -419,14 +416,14 @@ def cmd_add(args: argparse.Namespace) -> int:
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
     with keys.open_store() as store:
-        control = _open_control(store, owner)
+        control = keys.open_control_feed(store, owner)
         current = follows(control, device).get(key)
         if current is not None and current.name == args.name.strip():
             print(f"{device.name} already follows {current.name} ({z32_encode(key)})")
         else:
             index = _append(control, follow_entry(device, key, args.name))
             print(f"{device.name} will follow {args.name.strip()} ({z32_encode(key)}): entry #{index} of {owner}'s control feed")
-        return _deliver_to([device], store, owner, options, timeout)
+        return _deliver_to([device], store, {owner}, options, timeout)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -436,7 +433,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
     with keys.open_store() as store:
-        control = _open_control(store, owner)
+        control = keys.open_control_feed(store, owner)
         current = follows(control, device).get(key)
         if current is None:
             # It may come from the device's settings (provision --follow): the device drops it too.
@@ -448,14 +445,14 @@ def cmd_rm(args: argparse.Namespace) -> int:
         index = _append(control, unfollow_entry(device, key))
         who = current.name if current else z32_encode(key)
         print(f"{device.name} will stop following {who}: entry #{index} of {owner}'s control feed")
-        return _deliver_to([device], store, owner, options, timeout)
+        return _deliver_to([device], store, {owner}, options, timeout)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     device = load_device(args.device)
     owner = owner_of(device)
     with keys.open_store() as store:
-        control = _open_control(store, owner)
+        control = keys.open_control_feed(store, owner)
         in_effect = follows(control, device)
         held = held_length(device)
         needed = needed_length(control, device)
@@ -497,12 +494,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _deliver_to(devices, store, owners, options, timeout)
 
 
-def _deliver_to(devices: list[Device], store: Store, owners: str | set[str],
+def _deliver_to(devices: list[Device], store: Store, owners: set[str],
                 options: netrun.NetworkOptions, timeout: float) -> int:
     """Wait until each device holds its entries; 0 when all do, EXIT_NOT_DELIVERED otherwise."""
     controls = {}
-    for owner in [owners] if isinstance(owners, str) else sorted(owners):
-        core = _open_control(store, owner)
+    for owner in sorted(owners):
+        core = keys.open_control_feed(store, owner)
         controls[core.key] = core
     deliveries = []
     for device in devices:
