@@ -1,9 +1,14 @@
 """LAN benchmark on the network-namespace test LAN (needs root, like tests/netns).
 
-Measures the time from a peer's `Swarm.start()` to its first established connection with
-a peer that is already running, found by mDNS alone (median of 10 starts, each a new peer
-identity in namespace b joining the topic of a long-running peer in namespace a).
-Target: under 1.5 s. Results go to tests/bench/results/lan.json.
+- discovery: the time from a peer's `Swarm.start()` to its first established connection with
+  a peer that is already running, found by mDNS alone (median of 10 starts, each a new peer
+  identity in namespace b joining the topic of a long-running peer in namespace a).
+  Target: under 1.5 s.
+- append to remote: a writer in namespace a appends 200 chat messages one at a time (40 ms
+  apart, so each travels alone, as typed messages do); a reader in namespace b, connected
+  through the swarm and replicating live, notes when each block is committed to its store.
+  Both read CLOCK_MONOTONIC, which namespaces share. p50 and p99. Target: p99 under 100 ms.
+Results go to tests/bench/results/lan.json.
 """
 
 from __future__ import annotations
@@ -53,6 +58,100 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"))
 """
 
 
+WRITER = r"""
+import asyncio, json, sys, tempfile, time
+from hyperpi.hypercore import Core, Store
+from hyperpi.net.replication import CoreSet, replicate
+from hyperpi.net.swarm import Swarm
+from hyperpi.wire.noise import keypair
+
+async def main(count, gap):
+    loop = asyncio.get_running_loop()
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        core = Core.create(store)
+        cores = CoreSet(store, [core])
+        swarm = Swarm(keypair(), 49737, name="writer", on_connection=lambda conn: replicate(conn, cores))
+        await swarm.join(core.discovery_key)
+        await swarm.start()
+        print(json.dumps({"event": "key", "key": core.key.hex()}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # "go": the reader is connected
+        for i in range(count):
+            block = json.dumps({"type": "chat", "text": f"message {i}", "time": int(time.time() * 1000),
+                                "nick": "bench"}).encode()
+            appended = time.perf_counter()
+            core.append([block])
+            print(json.dumps({"event": "appended", "index": i, "t": appended}), flush=True)
+            await asyncio.sleep(gap)
+        await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
+        await swarm.stop()
+
+asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+"""
+
+READER = r"""
+import asyncio, json, sys, tempfile, time
+from hyperpi.hypercore import Core, Store
+from hyperpi.net.replication import CoreSet, replicate
+from hyperpi.net.swarm import Swarm
+from hyperpi.wire.noise import keypair
+
+async def main(key, count):
+    done = asyncio.Event()
+    connected = asyncio.Event()
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        core = Core.open(store, bytes.fromhex(key))
+        stored = {}
+        def on_event(event):
+            if event.kind == "block" and event.index not in stored:
+                stored[event.index] = time.perf_counter()  # called after the commit
+                if len(stored) == count:
+                    done.set()
+        core.subscribe(on_event)
+        cores = CoreSet(store, [core])
+        async def on_connection(conn):
+            connected.set()
+            await replicate(conn, cores)
+        swarm = Swarm(keypair(), 49737, name="reader", on_connection=on_connection)
+        await swarm.join(core.discovery_key)
+        await swarm.start()
+        await asyncio.wait_for(connected.wait(), 30)
+        await asyncio.sleep(0.5)  # let the first sync settle before the writer starts
+        print(json.dumps({"event": "connected"}), flush=True)
+        await asyncio.wait_for(done.wait(), 120)
+        print(json.dumps({"event": "stored", "times": {str(i): t for i, t in stored.items()}}), flush=True)
+        await swarm.stop()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+MESSAGES = 200
+GAP = 0.04  # s between appends: a fast typist, and no two blocks share one round trip
+APPEND_P99_TARGET_MS = 100.0
+
+
+def append_latencies(lan: NetnsLan) -> list[float]:
+    writer = lan.python("a", "-c", WRITER, str(MESSAGES), str(GAP))
+    assert writer.stdout is not None and writer.stdin is not None
+    key = json.loads(writer.stdout.readline())["key"]
+    reader = lan.python("b", "-c", READER, key, str(MESSAGES))
+    assert reader.stdout is not None
+    assert json.loads(reader.stdout.readline())["event"] == "connected"
+    writer.stdin.write("go\n")
+    writer.stdin.flush()
+    appended = {}
+    for _ in range(MESSAGES):
+        event = json.loads(writer.stdout.readline())
+        appended[event["index"]] = event["t"]
+    stored = json.loads(reader.stdout.readline())["times"]
+    reader.wait(timeout=30)
+    writer.communicate("stop\n", timeout=30)
+    return [(stored[str(i)] - appended[i]) * 1000 for i in range(MESSAGES)]
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
 def discovery_times(lan: NetnsLan) -> list[float]:
     existing = lan.python("a", "-c", PEER, TOPIC, "49737", "0")
     assert existing.stdout is not None
@@ -75,6 +174,7 @@ def main() -> None:
     try:
         lan.create()
         samples = discovery_times(lan)
+        latencies = append_latencies(lan)
     finally:
         lan.destroy()
     median = statistics.median(samples)
@@ -87,7 +187,15 @@ def main() -> None:
             "target": DISCOVERY_TARGET_S,
             "met": median < DISCOVERY_TARGET_S,
         },
-        "append_to_remote_ms": "not measured yet: needs the replicator on top of the swarm",
+        "append_to_remote_ms": {
+            "messages": MESSAGES,
+            "gap_s": GAP,
+            "p50": round(percentile(latencies, 50), 2),
+            "p99": round(percentile(latencies, 99), 2),
+            "max": round(max(latencies), 2),
+            "target_p99": APPEND_P99_TARGET_MS,
+            "met": percentile(latencies, 99) < APPEND_P99_TARGET_MS,
+        },
         "python": sys.version.split()[0],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -95,6 +203,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"start to first connection (mDNS): median {median * 1000:.0f} ms over {STARTS} starts "
           f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}; target < {DISCOVERY_TARGET_S} s)")
+    print(f"append to stored on the other device: p50 {percentile(latencies, 50):.1f} ms, "
+          f"p99 {percentile(latencies, 99):.1f} ms over {MESSAGES} messages (target p99 < {APPEND_P99_TARGET_MS:g} ms)")
 
 
 if __name__ == "__main__":
