@@ -262,7 +262,8 @@ class Replicator:
             self._on_bitfield(peer, message)
         # Cancel: we answer every request at once, so there is nothing to cancel.
         # Unwant, Extension: we announce everything and run no extensions.
-        elif not isinstance(message, (Cancel, Unwant, Extension, type(None))):
+        # (None: a message type newer than ours, ignored as Node does. `type` is shadowed here.)
+        elif message is not None and not isinstance(message, (Cancel, Unwant, Extension)):
             raise AssertionError(f"unhandled message {message!r}")
 
     def _on_sync(self, peer: _Peer, sync: Sync) -> None:
@@ -301,6 +302,8 @@ class Replicator:
         self._settle(peer, message.request_id, req)
         if not _answers(req, message.proof):
             self._forget_block(peer, req)  # an answer to another question: drop it, ask again later
+            if req.block is not None:
+                peer.cursor = min(peer.cursor, req.block.index)  # (the cursor had passed it)
         elif req.block is not None and not peer.core.has_node(_anchor(req.block)):
             peer.parked.append((req, message.proof))  # its anchor is still on the way
         else:
