@@ -1,19 +1,24 @@
-"""The swarm across network namespaces: mDNS finds peers, one encrypted connection per pair.
+"""The swarm across network namespaces: mDNS finds peers, one encrypted connection per pair,
+and feeds replicate over it with no addresses typed.
 
-Each device runs a small swarm agent inside its namespace (see `AGENT`): it joins a topic,
-prints one JSON line per connection event, and greets every peer it connects to with its
-name over the encrypted connection, so the test sees both who is connected and that the
-connection carries data. Replication on top of these connections is tested elsewhere.
+Two kinds of agent run inside the namespaces:
+- `AGENT`, a bare swarm: joins a topic, prints one JSON line per connection event, and greets
+  every peer it connects to over the encrypted connection (who is connected, exactly once);
+- `FEED_AGENT`, a device in miniature: its own feed plus the feeds it follows, one swarm,
+  `replicate` on every connection; `append TEXT` and `read` on stdin (what reaches whom).
+The tutorial commands themselves (`hyperpi chat write` / `view`) run in the first test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,36 +199,6 @@ def test_three_peers_connect_pairwise_and_strangers_stay_apart(lan: NetnsLan) ->
         assert x.open_connections()[y.key]["hash"] == y.open_connections()[x.key]["hash"]
 
 
-def test_peer_killed_and_restarted_is_reconnected(lan: NetnsLan) -> None:
-    a = SwarmAgent(lan, "a")
-    b = SwarmAgent(lan, "b")
-    settle(a, b, expected={a.key: {b.key}, b.key: {a.key}})
-    before = a.open_connections()[b.key]["hash"]
-    mark = a.mark()
-    b.kill()  # no goodbye: a's mDNS cache still lists b, TCP tells a it is gone
-    a.wait_for("closed", since=mark, remote=b.key)
-    b = SwarmAgent(lan, "b")
-    settle(a, b, expected={a.key: {b.key}, b.key: {a.key}})
-    assert a.open_connections()[b.key]["hash"] != before
-    a.wait_for("message", since=mark, remote=b.key, text="hello from dev-b")
-
-
-def test_link_down_and_up_resumes(lan: NetnsLan) -> None:
-    # idle timeout 3 s: a 5 s outage kills the connection on both sides, then they redial
-    a = SwarmAgent(lan, "a", idle=3.0)
-    b = SwarmAgent(lan, "b", idle=3.0)
-    settle(a, b, expected={a.key: {b.key}, b.key: {a.key}})
-    mark = a.mark()
-    lan.link_down("b")
-    a.wait_for("closed", since=mark, remote=b.key, timeout=10)
-    time.sleep(2)
-    lan.link_up("b")
-    a.wait_for("connected", since=mark, remote=b.key, timeout=30)
-    settle(a, b, expected={a.key: {b.key}, b.key: {a.key}})
-    start = b.send("send after the outage")
-    a.wait_for("message", since=start, remote=b.key, text="after the outage")
-
-
 def test_static_peers_without_mdns(lan: NetnsLan) -> None:
     a = SwarmAgent(lan, "a", mdns=False)
     b = SwarmAgent(lan, "b", mdns=False, peers=((lan.addresses["a"], PORT),))
@@ -234,3 +209,156 @@ def test_static_peers_without_mdns(lan: NetnsLan) -> None:
     devices = lan.run("c", sys.executable, "-m", "hyperpi_host.cli", "devices",
                       "--timeout", "1")
     assert "no hyperpi devices" in devices.stdout
+
+
+# -- replication over the swarm ---------------------------------------------------------
+
+FEED_AGENT = r"""
+import asyncio, json, sys
+from hyperpi.hypercore import Core, Store, core_key, generate_keypair
+from hyperpi.net.replication import CoreSet, replicate
+from hyperpi.net.swarm import Swarm
+from hyperpi.wire.noise import keypair
+
+def emit(**event):
+    print(json.dumps(event), flush=True)
+
+async def main(o):
+    store = Store(o["store"])
+    feeds = {o["name"]: Core.create(store, generate_keypair(bytes.fromhex(o["seed"])))}
+    for name, seed in o["follow"].items():
+        feeds[name] = Core.open(store, core_key(generate_keypair(bytes.fromhex(seed)).public_key))
+    cores = CoreSet(store, feeds.values())
+    swarm = Swarm(keypair(bytes.fromhex(o["seed"])), o["port"], name=o["name"],
+                  on_connection=lambda conn: replicate(conn, cores), idle_timeout=o["idle"])
+    for core in feeds.values():
+        await swarm.join(core.discovery_key)
+    await swarm.start()
+    emit(event="started")
+    loop = asyncio.get_running_loop()
+    while True:
+        command, _, text = (await loop.run_in_executor(None, sys.stdin.readline)).rstrip("\n").partition(" ")
+        if command in ("", "stop"):
+            break
+        if command == "append":
+            feeds[o["name"]].append([text.encode()])
+            emit(event="appended", text=text)
+        elif command == "read":
+            emit(event="feeds", peers=len(swarm.connections), feeds={
+                name: [core.get(i).decode() for i in range(core.contiguous_length)]
+                for name, core in feeds.items()})
+    await swarm.stop()
+    store.close()
+    emit(event="stopped")
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+class FeedAgent(SwarmAgent):
+    """A device in miniature: its own feed and the feeds of `follow`, replicated over a swarm."""
+
+    def __init__(self, lan: NetnsLan, device: str, store: Path, follow: tuple[str, ...],
+                 idle: float = 20.0) -> None:
+        self.device = device
+        options = {"name": device, "seed": seed(device).hex(), "store": str(store), "port": PORT,
+                   "follow": {other: seed(other).hex() for other in follow}, "idle": idle}
+        self.process = lan.python(device, "-c", FEED_AGENT, json.dumps(options))
+        self.events = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_for("started", timeout=20)
+
+    def append(self, text: str) -> None:
+        start = self.send(f"append {text}")
+        self.wait_for("appended", since=start, text=text)
+
+    def feeds(self) -> dict[str, list[str]]:
+        start = self.send("read")
+        return self.wait_for("feeds", since=start)["feeds"]
+
+    def wait_feeds(self, expected: dict[str, list[str]], timeout: float = WITHIN) -> None:
+        deadline = time.monotonic() + timeout
+        while (seen := self.feeds()) != expected:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.device}: feeds {seen} != {expected}")
+            time.sleep(0.2)
+
+
+class Lines:
+    """Lines of a process's stdout, read with a timeout (a hung peer fails the test, not CI)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in stream], daemon=True).start()
+
+    def next(self, timeout: float = WITHIN) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line in {timeout} s") from None
+
+
+def test_chat_view_finds_the_writer_without_addresses(lan: NetnsLan, tmp_path: Path) -> None:
+    hyperpi = (sys.executable, "-m", "hyperpi_host.cli", "chat")
+    writer = lan.popen("a", *hyperpi, "write", "--store", str(tmp_path / "writer"), "--nick", "ana",
+                       cwd=str(tmp_path))
+    assert writer.stdin is not None
+    key = Lines(writer.stdout).next(timeout=20).strip()
+    writer.stdin.write("written before the viewer came\n")
+    writer.stdin.flush()
+    viewer = lan.popen("b", *hyperpi, "view", key, "--store", str(tmp_path / "viewer"), "--json",
+                       "--exit-after", "2", cwd=str(tmp_path))
+    shown = Lines(viewer.stdout)
+    first = json.loads(shown.next())
+    assert (first["text"], first["nick"]) == ("written before the viewer came", "ana")
+    writer.stdin.write("typed while the viewer watches\n")  # live: no reconnect, no restart
+    writer.stdin.flush()
+    second = json.loads(shown.next())
+    assert second["text"] == "typed while the viewer watches"
+    assert viewer.wait(timeout=WITHIN) == 0
+
+
+def test_three_devices_each_follow_the_other_two(lan: NetnsLan, tmp_path: Path) -> None:
+    names = ("a", "b", "c")
+    agents = {n: FeedAgent(lan, n, tmp_path / n, tuple(o for o in names if o != n)) for n in names}
+    for n, agent in agents.items():
+        for i in range(3):
+            agent.append(f"{n} says {i}")
+    everything = {n: [f"{n} says {i}" for i in range(3)] for n in names}
+    for agent in agents.values():
+        agent.wait_feeds(everything)
+
+
+def test_killed_device_catches_up_after_restart(lan: NetnsLan, tmp_path: Path) -> None:
+    a = FeedAgent(lan, "a", tmp_path / "a", ("b",))
+    b = FeedAgent(lan, "b", tmp_path / "b", ("a",))
+    a.append("a before")
+    b.append("b before")
+    both = {"a": ["a before"], "b": ["b before"]}
+    a.wait_feeds(both)
+    b.wait_feeds(both)
+    b.kill()  # no goodbye, no clean close of the store
+    a.append("a while b is dead")
+    b = FeedAgent(lan, "b", tmp_path / "b", ("a",))  # same store, same identity
+    b.append("b after restart")
+    after = {"a": ["a before", "a while b is dead"], "b": ["b before", "b after restart"]}
+    a.wait_feeds(after)  # a was never restarted
+    b.wait_feeds(after)
+
+
+def test_link_down_and_up_replication_resumes(lan: NetnsLan, tmp_path: Path) -> None:
+    # idle timeout 3 s: a 5 s outage kills the connection on both sides, so they must redial
+    a = FeedAgent(lan, "a", tmp_path / "a", ("b",), idle=3.0)
+    b = FeedAgent(lan, "b", tmp_path / "b", ("a",), idle=3.0)
+    a.append("before the outage")
+    b.wait_feeds({"a": ["before the outage"], "b": []})
+    lan.link_down("b")
+    a.append("during the outage")
+    time.sleep(5)
+    assert b.feeds()["a"] == ["before the outage"]  # really cut off
+    lan.link_up("b")
+    b.append("after the outage")
+    after = {"a": ["before the outage", "during the outage"], "b": ["after the outage"]}
+    b.wait_feeds(after, timeout=30)
+    a.wait_feeds(after, timeout=30)
