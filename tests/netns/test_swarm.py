@@ -60,6 +60,9 @@ async def main(options):
             break
         if line[0] == "status":
             emit(event="status", connections=sorted(k.hex() for k in swarm.connections))
+        elif line[0] == "join":
+            await swarm.join(bytes.fromhex(line[1].strip()))
+            emit(event="joined")
         elif line[0] == "send":
             for conn in list(swarm.connections.values()):
                 try:
@@ -190,10 +193,8 @@ def test_three_peers_connect_pairwise_and_strangers_stay_apart(lan: NetnsLan) ->
     b = SwarmAgent(lan, "b")
     c = SwarmAgent(lan, "c", topics=(OTHER_TOPIC,))
     settle(a, b, c, expected={a.key: {b.key}, b.key: {a.key}, c.key: set()})
-    # c joins the shared topic later: the record is updated in place and everyone meets c
-    c.send("stop")
-    c.wait_for("stopped")
-    c = SwarmAgent(lan, "c", topics=(OTHER_TOPIC, TOPIC))
+    # c joins the shared topic while running: its record is updated in place, everyone meets c
+    c.wait_for("joined", since=c.send(f"join {TOPIC.hex()}"))
     settle(a, b, c, expected={a.key: {b.key, c.key}, b.key: {a.key, c.key}, c.key: {a.key, b.key}})
     for x, y in [(a, b), (a, c), (b, c)]:
         assert x.open_connections()[y.key]["hash"] == y.open_connections()[x.key]["hash"]
