@@ -146,3 +146,29 @@ def test_dialling_ourselves_is_noticed_and_stopped() -> None:
             await a.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_peer_reachable_at_two_addresses_gets_one_connection() -> None:
+    # eth0 and wlan0 on the same LAN: both addresses are dialled, one connection remains
+    async def scenario() -> None:
+        b = Swarm(seeded("b"), 0, host="127.0.0.1", mdns=False)
+        await b.start()
+        a = Swarm(seeded("a"), 0, host="127.0.0.1", mdns=False,
+                  peers=[("127.0.0.1", b.port), ("localhost", b.port)])  # two names, one peer
+        await a.start()
+        try:
+            await wait_until(lambda: b.keypair.public_key in a.connections)
+            await asyncio.sleep(1.0)
+            assert list(a.connections) == [b.keypair.public_key]
+            assert list(b.connections) == [a.keypair.public_key]
+            assert a.connections[b.keypair.public_key].handshake_hash == \
+                b.connections[a.keypair.public_key].handshake_hash
+            # the connection that survived stays: nothing flaps between the two addresses
+            kept = a.connections[b.keypair.public_key]
+            await asyncio.sleep(1.0)
+            assert a.connections[b.keypair.public_key] is kept
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())

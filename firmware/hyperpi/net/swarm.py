@@ -128,6 +128,7 @@ class Swarm:
         self._address_keys: dict[Address, bytes] = {}  # who answered at an address last time
         self._own_addresses: set[Address] = set()  # addresses that turned out to be us
         self._dialling: dict[Address, asyncio.Task[None]] = {}
+        self._dialling_keys: set[bytes] = set()  # peers with a dial in progress
         self._tasks: set[asyncio.Task[None]] = set()  # incoming handlers
         self._server: asyncio.Server | None = None
         self.discovery: Discovery | None = None
@@ -234,19 +235,32 @@ class Swarm:
         failures = 0
         try:
             while self._wanted(address):
-                link = self._links.get(self._address_keys.get(address, b""))
+                known = self._address_keys.get(address)
+                link = self._links.get(known) if known is not None else None
                 if link is not None:
                     await link.done.wait()  # connected already: dial again once that ends
                     await asyncio.sleep(RECONNECT_DELAY)
                     continue
+                if known is not None and known in self._dialling_keys:
+                    # Another address of the same peer (eth0 and wlan0) is being dialled:
+                    # two dials at once would only make a duplicate to resolve.
+                    await asyncio.sleep(RECONNECT_DELAY)
+                    continue
+                if known is not None:
+                    self._dialling_keys.add(known)
                 try:
-                    conn = await open_connection(
+                    conn: EncryptedConnection | None = await open_connection(
                         *address, self.keypair, idle_timeout=self._idle_timeout
                     )
                 except (OSError, ConnectionClosed, TimeoutError) as error:
+                    conn = None
+                    log.debug("dialling %s:%d failed: %s", *address, error)
+                finally:
+                    if known is not None:
+                        self._dialling_keys.discard(known)
+                if conn is None:
                     failures += 1
                     delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (failures - 1))
-                    log.debug("dialling %s:%d failed (%s); retry in %.1f s", *address, error, delay)
                     await asyncio.sleep(delay * random.uniform(0.75, 1.25))
                     continue
                 failures = 0
