@@ -28,13 +28,14 @@ def index(d: int, o: int) -> int:
 
 
 def parent(i: int) -> int:
-    d = depth(i)
-    return index(d + 1, offset(i, d) >> 1)
+    # With t = 2**depth(i), the parent sets bit d and clears bit d+1 (hot in proofs: bit
+    # tricks instead of depth/offset/index calls).
+    t = (i + 1) & ~i
+    return (i | t) & ~(t << 1)
 
 
 def sibling(i: int) -> int:
-    d = depth(i)
-    return index(d, offset(i, d) ^ 1)
+    return i ^ (((i + 1) & ~i) << 1)
 
 
 def children(i: int) -> tuple[int, int] | None:

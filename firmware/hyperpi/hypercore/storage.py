@@ -128,10 +128,14 @@ class Store:
     # --- transactions ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, savepoint: bool = True) -> Iterator[None]:
         """Group writes: the outermost block is one SQLite transaction; inner blocks are
         savepoints, so a failed inner step undoes only itself. Subscribers are called after
-        the outermost commit."""
+        the outermost commit. `savepoint=False` joins an outer transaction as it is (no
+        savepoint to pay for): a failure inside must then undo the whole outer one."""
+        if not savepoint and self._depth:
+            yield
+            return
         outer = self._depth == 0
         self._depth += 1
         try:

@@ -134,15 +134,17 @@ class _Session:
 
     def _receive(self, burst: list[bytes]) -> str | None:
         """Apply a burst of messages in one transaction; the reason to disconnect, if any.
-        A bad message stops the burst, and what came before it is kept: it was verified."""
-        with self.cores.store.transaction():
-            for plaintext in burst:
-                try:
-                    self.replicator.receive(plaintext)
-                except WireError as error:
-                    return str(error)
-                except HypercoreError as error:  # storage trouble: keep serving others
-                    return f"storage error while replicating: {error}"
+        A bad message stops the burst, and what came before it is kept: it was verified.
+        A storage failure undoes the whole burst (it is fetched again on the next connection)."""
+        try:
+            with self.cores.store.transaction():
+                for plaintext in burst:
+                    try:
+                        self.replicator.receive(plaintext)
+                    except WireError as error:
+                        return str(error)
+        except HypercoreError as error:  # storage trouble: drop this peer, keep serving others
+            return f"storage error while replicating: {error}"
         return None
 
 
