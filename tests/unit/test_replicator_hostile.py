@@ -270,6 +270,29 @@ def test_random_and_mutated_channel_messages_only_raise_wire_errors(fuzz_stores,
     reader.audit()
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_message, min_size=1, max_size=8))
+def test_random_and_mutated_messages_to_a_writer_only_raise_wire_errors(fuzz_stores, messages) -> None:
+    writer, _ = fuzz_stores
+    rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])  # the side serving the feed
+    remote = Remote(writer.key, writer.discovery_key)
+    remote.exchange(rep)
+    try:
+        for item in messages:
+            if isinstance(item[0], int):
+                remote.send_raw(item[0], item[1])
+            else:
+                message, pos, xor = item
+                payload = bytearray(message.encode())
+                payload[pos % len(payload)] ^= xor
+                remote.send_raw(message.TYPE, bytes(payload))
+            remote.exchange(rep)
+    except WireError as error:
+        assert str(error) and "\n" not in str(error)
+    assert writer.length == 5
+    writer.audit()
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.binary(max_size=80), min_size=1, max_size=6))
 def test_random_protomux_frames_into_a_replicator_only_raise_wire_errors(frames: list[bytes]) -> None:
@@ -297,6 +320,8 @@ def test_block_requests_in_flight_never_exceed_the_limit(tmp_path: Path) -> None
         asked += remote.requests(remote.exchange(rep))
     assert len(asked) == MAX_INFLIGHT
     assert len({r.id for r in asked}) == MAX_INFLIGHT
+    peer = rep._by_key[writer.discovery_key]
+    assert len(peer.inflight) == len(peer.blocks_inflight) == MAX_INFLIGHT and not peer.parked
     # Answering some frees exactly that many slots.
     for req in asked[:10]:
         remote.send(Data(req.id, writer.proof(req.proof_request)))
@@ -353,3 +378,18 @@ def test_requests_for_blocks_that_do_not_exist_get_no_data(tmp_path: Path) -> No
     answers = {m.request if isinstance(m, NoData) else m.request_id: m for m in remote.exchange(rep) if isinstance(m, (Data, NoData))}
     assert sorted(answers) == [100 + i for i in range(len(asks))]
     assert isinstance(answers[100], NoData) and isinstance(answers[101], NoData)
+
+
+def test_a_flood_of_opens_for_unknown_cores_is_rejected_without_growing_state(tmp_path: Path) -> None:
+    writer = writer_core(tmp_path, 1)
+    rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])
+    remote = Remote(writer.key, writer.discovery_key)
+    remote.exchange(rep)
+    for i in range(3000):
+        remote.mux.open(PROTOCOL, i.to_bytes(32, "big"), Handshake(b"\x00" * 32).encode())
+        if i % 100 == 0:
+            remote.exchange(rep)
+    remote.exchange(rep)
+    assert len(rep._peers) == 1 and len(rep.mux.channels) == 1
+    # Rejected numbers are free again for the remote, so our table of its channels stays small.
+    assert len(rep.mux._remote) <= 102
