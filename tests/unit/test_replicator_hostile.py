@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hyperpi.hypercore import Core, Store
-from hyperpi.hypercore.types import BlockRequest, Proof, ProofRequest, TreeNode, UpgradeRequest
+from hyperpi.hypercore.types import BlockProof, BlockRequest, Proof, ProofRequest, TreeNode, UpgradeRequest
 from hyperpi.wire.errors import WireError
 from hyperpi.wire.messages import (
     PROTOCOL,
@@ -33,7 +33,7 @@ from hyperpi.wire.messages import (
     decode_message,
 )
 from hyperpi.wire.protomux import ChannelMessage, ChannelOpened, Protomux
-from hyperpi.wire.replicator import MAX_INFLIGHT, MAX_REMOTE_RANGES, ReplicationError, Replicator
+from hyperpi.wire.replicator import MAX_INFLIGHT, MAX_PARKED_BYTES, MAX_REMOTE_RANGES, ReplicationError, Replicator
 
 HANDSHAKE_HASH = bytes(range(64))  # stands in for the Noise handshake hash of one connection
 
@@ -393,3 +393,31 @@ def test_a_flood_of_opens_for_unknown_cores_is_rejected_without_growing_state(tm
     assert len(rep._peers) == 1 and len(rep.mux.channels) == 1
     # Rejected numbers are free again for the remote, so our table of its channels stays small.
     assert len(rep.mux._remote) <= 102
+
+
+def test_unverified_answers_that_overtake_their_anchor_are_held_up_to_a_cap(tmp_path: Path) -> None:
+    # Requests that rely on nodes an earlier request will deliver carry no nodes; their answers
+    # wait (unverified) for that earlier answer. A peer answering only those, with big junk
+    # values, must not make us hold MAX_INFLIGHT frames of it.
+    writer, reader, rep, remote = reader_setup(tmp_path, blocks=2 * MAX_INFLIGHT)
+    announce(remote, writer)
+    [upgrade] = remote.requests(remote.exchange(rep))
+    remote.send(Data(upgrade.id, writer.proof(upgrade.proof_request)))
+    asked = remote.requests(remote.exchange(rep))
+    overtaking = [r for r in asked if r.proof_request.block and r.proof_request.block.nodes == 0]
+    assert len(overtaking) > 100
+    junk = b"x" * 256 * 1024
+    for req in overtaking:
+        assert req.proof_request.block is not None
+        remote.send(Data(req.id, Proof(0, block=BlockProof(req.proof_request.block.index, junk))))
+        remote.exchange(rep)
+    peer = rep._by_key[writer.discovery_key]
+    assert sum(len(p.block.value) for _, p in peer.parked if p.block) <= MAX_PARKED_BYTES
+    assert len(peer.parked) == MAX_PARKED_BYTES // len(junk)
+    # Once their anchors arrive the parked answers are checked, and the junk ends the connection.
+    with pytest.raises(ReplicationError, match="invalid proof"):
+        for req in asked:
+            if req not in overtaking:
+                remote.send(Data(req.id, writer.proof(req.proof_request)))
+        remote.exchange(rep)
+    reader.audit()

@@ -72,6 +72,11 @@ MAX_INFLIGHT = 512
 MAX_REMOTE_RANGES = 1024
 # Node announces wants in batches of this many blocks (lib/wants.js, compat mode).
 WANT_BATCH = 2_097_152
+# Bytes of block values held unverified while the proof of their anchor node is on the way
+# (answers that overtook an earlier one). Uncapped, a peer answering out of order could make
+# us hold MAX_INFLIGHT frames of up to 16 MiB each; past the cap the answer is dropped and the
+# block asked for again. Honest peers answer in order and park little.
+MAX_PARKED_BYTES = 4 * 1024 * 1024
 
 
 class ReplicationError(WireError):
@@ -305,7 +310,13 @@ class Replicator:
             if req.block is not None:
                 peer.cursor = min(peer.cursor, req.block.index)  # (the cursor had passed it)
         elif req.block is not None and not peer.core.has_node(_anchor(req.block)):
-            peer.parked.append((req, message.proof))  # its anchor is still on the way
+            # Its anchor is still on the way: keep it for then, up to MAX_PARKED_BYTES.
+            held = sum(len(p.block.value) for _, p in peer.parked if p.block is not None)
+            if message.proof.block is not None and held + len(message.proof.block.value) <= MAX_PARKED_BYTES:
+                peer.parked.append((req, message.proof))
+            else:
+                self._forget_block(peer, req)
+                peer.cursor = min(peer.cursor, req.block.index)
         else:
             self._apply(peer, req, message.proof)
             self._apply_parked(peer)
@@ -529,4 +540,4 @@ def _answers(req: ProofRequest, proof: Proof) -> bool:
     return proof.hash is None and proof.seek is None
 
 
-__all__ = ["MAX_INFLIGHT", "PeerProgress", "ReplicationError", "Replicator"]
+__all__ = ["MAX_INFLIGHT", "MAX_PARKED_BYTES", "PeerProgress", "ReplicationError", "Replicator"]
