@@ -93,6 +93,8 @@ def test_flood_is_capped_and_collapsed() -> None:
     assert [getattr(v, "text", None) for v in view[-3:]] == ["spam 9997", "spam 9998", "spam 9999"]
     # Ana's message stays within the last 5 lines of the view despite 10,000 from Bob.
     assert view[0].text == "ana says hi" and len(view) == 5
+    # The unread count is every message not seen, not only those kept in memory.
+    assert tl.unread_count == 10_001
 
 
 def test_unread_marks_and_seen_lengths() -> None:

@@ -202,7 +202,13 @@ class Timeline:
 
     @property
     def unread_count(self) -> int:
-        return sum(1 for msgs in self._messages.values() for m in msgs if m.unread)
+        # Counted from the read and seen positions, not the messages in memory: a feed with
+        # more unread messages than HISTORY_PER_FEED must not show a count stuck at that cap.
+        return sum(
+            max(0, read_to - self._seen.get(key, 0))
+            for key, read_to in self._read_to.items()
+            if key != self.own_key
+        )
 
     def mark_read(self) -> bool:
         """Everything on hand counts as seen; True if anything changed."""
