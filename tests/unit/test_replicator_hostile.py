@@ -331,7 +331,7 @@ def test_block_requests_in_flight_never_exceed_the_limit(tmp_path: Path) -> None
 
 
 def test_scattered_range_announcements_are_capped(tmp_path: Path) -> None:
-    writer, reader, rep, remote = reader_setup(tmp_path, blocks=4)
+    writer, _reader, rep, remote = reader_setup(tmp_path, blocks=4)
     remote.send(Sync(0, 1_000_000, 0, uploading=True, downloading=True, has_manifest=True))
     for i in range(MAX_REMOTE_RANGES * 3):
         remote.send(Range(10 + 2 * i, 1))  # gaps between them: none merges
