@@ -276,6 +276,17 @@ def test_hyperpi_write_to_hyperpi_view_live(spawn, tmp_path: Path) -> None:
     assert viewer.wait() == 0  # --exit-after 3
 
 
+def test_hyperpi_write_dials_a_listening_hyperpi_view(spawn, tmp_path: Path) -> None:
+    key = hyperpi_writer_with_history(spawn, tmp_path / "a")
+    viewer = spawn(hyperpi("chat", "view", key, "--store", tmp_path / "b", "--json", "--listen", f"127.0.0.1:{free_port()}"))
+    port = viewer.listening_port()
+    writer = spawn(hyperpi("chat", "write", "--store", tmp_path / "a", "--nick", "py", "--peer", f"127.0.0.1:{port}"))
+    assert writer.line() == key
+    assert texts(viewer.lines(2)) == ["hello from python", "second message"]
+    writer.write("live, writer dialled")
+    assert texts([viewer.line()]) == ["live, writer dialled"]
+
+
 def test_hyperpi_view_rejects_a_bad_key_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [*HYPERPI, "chat", "view", "not-a-key", "--store", str(tmp_path), "--no-mdns"],
