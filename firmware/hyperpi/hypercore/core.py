@@ -232,6 +232,7 @@ class Core:
         """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
         where = f"block {i} of core {self.key.hex()}"
         with damage_is_corruption(where):
+            self.store.flush_writes()
             row = self.store.db.execute(
                 "SELECT value, hash FROM blocks WHERE core=? AND idx=?", (self._id, i)
             ).fetchone()
@@ -251,6 +252,7 @@ class Core:
             return node
         db = self.store.db
         try:
+            self.store.flush_writes()
             row = db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)).fetchone()
             if row is None and not index & 1 and self.has(index // 2):  # a held block's leaf is in its row
                 row = db.execute(
@@ -383,7 +385,7 @@ class Core:
                 db.execute("UPDATE cores SET manifest=? WHERE id=?", (v.manifest, cid))
                 self._set_manifest(v.manifest)
             if v.nodes:
-                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in v.nodes])
+                self.store.defer("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in v.nodes])
                 self._cache_nodes(v.nodes)
             if v.upgraded and (v.length > self.length or (self.length == 0 and v.fork != self.fork)):
                 byte_length = sum(r.size for r in v.roots)
@@ -396,7 +398,9 @@ class Core:
                 events.append(CoreEvent("upgrade", v.length, None))
             if v.block is not None and not self.has(v.block[0]):
                 index, value = v.block
-                db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?)", (cid, index, value, leaf_hash(value)))
+                leaf = v.nodes[0]  # the proof's leaf, hashed while verifying
+                digest = leaf.hash if leaf.index == 2 * index else leaf_hash(value)
+                self.store.defer("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((cid, index, value, digest),))
                 self._held_above.add(index)
                 self._advance_contiguous()
                 events.append(CoreEvent("block", self.length, index))
@@ -441,6 +445,7 @@ class Core:
         db = self.store.db
         where = f"core {self.key.hex()[:16]}..."
         with damage_is_corruption(where):
+            self.store.flush_writes()
             nodes = {i: TreeNode(i, s, h) for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))}
             for i, value, expected in db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (self._id,)):
                 if i >= self.length:

@@ -22,7 +22,7 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,7 @@ class Store:
         self.db_path = self.path / DB_NAME
         self._cores: dict[bytes, Core] = {}
         self._depth = 0  # nesting of transaction()
+        self._deferred: dict[str, list[tuple]] = {}  # see defer()
         self._touched: list[Core] = []  # cores changed in the open transaction
         self._after_commit: list[Callable[[], None]] = []
         try:
@@ -139,6 +140,7 @@ class Store:
         outer = self._depth == 0
         self._depth += 1
         try:
+            self.flush_writes()  # rows deferred so far belong to the enclosing level
             self.db.execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT s{self._depth}")
         except sqlite3.DatabaseError as error:
             self._depth -= 1
@@ -150,6 +152,7 @@ class Store:
             raise
         else:
             try:
+                self.flush_writes()
                 self.db.execute("COMMIT" if outer else f"RELEASE s{self._depth}")
             except sqlite3.DatabaseError as error:
                 self._rollback(outer)
@@ -162,7 +165,22 @@ class Store:
             for callback in callbacks:
                 callback()
 
+    def defer(self, sql: str, rows: Iterable[tuple]) -> None:
+        """Queue rows for an INSERT until the next read, savepoint or commit (`flush_writes`):
+        a download stores a few rows per proof, and one executemany per burst is much cheaper
+        than two statements per proof. Only inside a transaction."""
+        assert self._depth, "defer() needs a transaction"
+        self._deferred.setdefault(sql, []).extend(rows)
+
+    def flush_writes(self) -> None:
+        """Write the deferred rows (before anything reads the tables they go to)."""
+        if self._deferred:
+            pending, self._deferred = self._deferred, {}
+            for sql, rows in pending.items():
+                self.db.executemany(sql, rows)
+
     def _rollback(self, outer: bool) -> None:
+        self._deferred.clear()  # rows deferred inside the level being undone
         with contextlib.suppress(sqlite3.DatabaseError):
             if outer:
                 self.db.execute("ROLLBACK")
