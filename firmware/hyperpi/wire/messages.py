@@ -17,6 +17,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
+from hyperpi.hypercore.keys import REPLICATE_INITIATOR, REPLICATE_RESPONDER
 from hyperpi.hypercore.types import (
     BlockProof,
     BlockRequest,
@@ -51,13 +52,6 @@ from .encoding import (
 PROTOCOL = "hypercore/alpha"
 
 
-def _namespace(name: bytes, count: int) -> list[bytes]:
-    base = hashlib.blake2b(name, digest_size=32).digest()
-    return [hashlib.blake2b(base + bytes([i]), digest_size=32).digest() for i in range(count)]
-
-
-_NS = _namespace(b"hypercore", 6)
-REPLICATE_INITIATOR, REPLICATE_RESPONDER = _NS[1], _NS[2]
 
 
 def capability(handshake_hash: bytes, key: bytes, is_initiator: bool) -> bytes:

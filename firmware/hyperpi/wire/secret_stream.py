@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from nacl._sodium import ffi, lib  # PyNaCl's cffi binding of libsodium
 
+from hyperpi.hypercore.keys import namespace
+
 from .errors import FrameError, HandshakeError, WireError
 from .noise import Keypair, NoiseXX
 
@@ -44,12 +46,7 @@ ID_HEADER_BYTES = 32 + HEADER_BYTES
 TAG_MESSAGE = 0
 
 
-def _namespace(name: bytes, count: int) -> list[bytes]:
-    base = hashlib.blake2b(name, digest_size=32).digest()
-    return [hashlib.blake2b(base + bytes([i]), digest_size=32).digest() for i in range(count)]
-
-
-NS_INITIATOR, NS_RESPONDER, NS_SEND = _namespace(b"hyperswarm/secret-stream", 3)
+NS_INITIATOR, NS_RESPONDER, NS_SEND = namespace("hyperswarm/secret-stream", 3)
 
 
 def stream_id(handshake_hash: bytes, is_initiator: bool) -> bytes:
