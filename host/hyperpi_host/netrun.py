@@ -70,11 +70,12 @@ class NetworkOptions:
             raise UserError(str(error)) from None
         if args.listen is None:
             return cls("0.0.0.0", default_port, False, peers, not args.no_mdns, args.verbose)
-        try:
-            host, port = parse_peer(args.listen)
-        except ValueError as error:
-            raise UserError(str(error).replace("peer", "listen address", 1)) from None
-        return cls(host, port, True, peers, not args.no_mdns, args.verbose)
+        host, _, port_text = args.listen.rpartition(":")
+        host = host.strip("[]")
+        # Port 0 is allowed here: any free port, printed on stderr.
+        if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+            raise UserError(f"listen address {args.listen!r} is not HOST:PORT (for example 0.0.0.0:{DEFAULT_PORT})")
+        return cls(host, int(port_text), True, peers, not args.no_mdns, args.verbose)
 
 
 def noise_keypair(folder: Path) -> Keypair:
