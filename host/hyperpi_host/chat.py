@@ -66,6 +66,7 @@ def _network_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_write(args: argparse.Namespace) -> int:
+    options = netrun.NetworkOptions.from_args(args)  # refuse bad options before making anything
     store = _open_store(args.store)
     core = _own_feed(store, args.store)
     print(z32_encode(core.key), flush=True)
@@ -82,10 +83,11 @@ def _run_write(args: argparse.Namespace) -> int:
         _read_lines_in_thread(lambda line: loop.call_soon_threadsafe(on_line, line))
         await stop.wait()
 
-    return _run_with_swarm(args, store, core, body)
+    return _run_with_swarm(args, options, store, core, body)
 
 
 def _run_view(args: argparse.Namespace) -> int:
+    options = netrun.NetworkOptions.from_args(args)
     try:
         key = parse_key(args.key)
     except ValueError as error:
@@ -116,7 +118,7 @@ def _run_view(args: argparse.Namespace) -> int:
         finally:
             unsubscribe()
 
-    return _run_with_swarm(args, store, core, body)
+    return _run_with_swarm(args, options, store, core, body)
 
 
 # --- shared plumbing ----------------------------------------------------------------------
@@ -131,7 +133,9 @@ def format_block(block: bytes, *, as_json: bool) -> str:
         value = None
     if as_json:
         if isinstance(value, dict):
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            text = block.decode()
+            # As stored, unless line breaks inside would split the one-object-per-line output.
+            return text if "\n" not in text and "\r" not in text else json.dumps(value, ensure_ascii=False)
         return json.dumps({"type": "raw", "hex": block.hex()})
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         nick = value.get("nick") if isinstance(value.get("nick"), str) else "?"
@@ -176,9 +180,10 @@ def _read_lines_in_thread(deliver: Callable[[str | None], None]) -> None:
     threading.Thread(target=reader, name="stdin", daemon=True).start()
 
 
-def _run_with_swarm(args: argparse.Namespace, store: Store, core: Core, body: Callable) -> int:
+def _run_with_swarm(
+    args: argparse.Namespace, options: netrun.NetworkOptions, store: Store, core: Core, body: Callable
+) -> int:
     netrun.setup_logging(args.verbose)
-    options = netrun.NetworkOptions.from_args(args)
     cores = CoreSet(store, [core])
 
     async def main(stop: asyncio.Event) -> None:
