@@ -127,24 +127,27 @@ install_hyperpi() {
     local rootfs=$1 version=$2
     log "stage 2: hyperpi $version into $VENV"
     rm -rf "$WORK/wheels"
-    "$(python_bin)" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/wheels" "$REPO"
+    "$(python_bin)" -m pip wheel --quiet --no-deps -w "$WORK/wheels" "$REPO"
     local wheel
     wheel=$(ls "$WORK"/wheels/hyperpi-*.whl)
     cp "$wheel" "$rootfs/tmp/"
-    # pip inside the image needs DNS for PyPI (only for dependencies Debian does not package).
-    local resolv="$rootfs/etc/resolv.conf" saved=""
+    # pip inside the image fetches from PyPI what Debian lacks (or packages too old): it needs
+    # DNS and the CAs this host trusts (a TLS-inspecting proxy's CA may be among them). It runs
+    # with a clean environment, so the host's pip settings (find-links, constraints) stay out.
+    local resolv="$rootfs/etc/resolv.conf" saved="" ca=/tmp/hyperpi-build-ca.crt
     if [ -L "$resolv" ] || [ -e "$resolv" ]; then saved=$(mktemp -p "$WORK"); mv "$resolv" "$saved"; fi
     cp /etc/resolv.conf "$resolv"
-    chroot "$rootfs" python3 -m venv --system-site-packages "$VENV"
-    chroot "$rootfs" "$VENV/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
-        "/tmp/$(basename "$wheel")"
-    rm -f "$resolv" "$rootfs/tmp/$(basename "$wheel")"
+    cp "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$rootfs$ca"
+    local clean_env=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root LANG=C.UTF-8
+                     PIP_CERT=$ca PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 PIP_NO_CACHE_DIR=1)
+    chroot "$rootfs" "${clean_env[@]}" python3 -m venv --system-site-packages "$VENV"
+    chroot "$rootfs" "${clean_env[@]}" "$VENV/bin/pip" install --quiet "/tmp/$(basename "$wheel")"
+    rm -f "$resolv" "$rootfs$ca" "$rootfs/tmp/$(basename "$wheel")"
     if [ -n "$saved" ]; then mv "$saved" "$resolv"; fi
     ln -sf "$VENV/bin/hyperpi-device" "$rootfs/usr/local/bin/hyperpi-device"
     ln -sf "$VENV/bin/hyperpi" "$rootfs/usr/local/bin/hyperpi"
     install_service "$rootfs"
     echo "hyperpi $version" > "$rootfs/etc/hyperpi-release"
-    find "$rootfs$VENV" -name __pycache__ -prune -o -name '*.pyc' -print -delete >/dev/null
 }
 
 # The service unit comes with the service (firmware/); image/service/ adds the image's drop-ins.
@@ -179,8 +182,10 @@ kernel=vmlinuz-$kver
 initramfs initrd.img-$kver
 EOF
     fi
-    echo "console=ttyS1,115200 console=tty0 root=PARTUUID=${DISK_ID#0x}-02 rw fsck.repair=yes net.ifnames=0 rootwait" \
-        > "$fw/cmdline.txt"
+    if [ ! -e "$fw/cmdline.txt" ]; then
+        echo "console=ttyS1,115200 console=tty0 root=PARTUUID=${DISK_ID#0x}-02 rw fsck.repair=yes net.ifnames=0 cma=64M rootwait" \
+            > "$fw/cmdline.txt"
+    fi
 }
 
 assemble() {
@@ -226,7 +231,6 @@ publish() {
     log "compress, bmap, checksums"
     bmaptool create -o "$img.bmap" "$img"
     xz -T0 -6 -k -f "$img"
-    mv "$img.bmap" "${img%.img}.img.bmap"
     (cd "$(dirname "$img")" && sha256sum "$base.xz" "$base.bmap" > SHA256SUMS)
 }
 

@@ -10,8 +10,8 @@ What it does, without root and without mounting anything:
   own FAT partition with mtools, as the Pi's firmware would (config.txt names the kernel);
 - boots with the SD card, `-device usb-net` on QEMU user networking with a host port forwarded
   to the device's replication port, and both UARTs captured to one log file;
-- optionally (`check=True`) adds a test-only script to the copy (with debugfs) that systemd runs
-  via `systemd.run=` once the service is up: it reports the booted system's state on the
+- optionally (`check=True`) adds a test-only script and unit to the copy (with debugfs) that
+  runs once the service is up: it reports the booted system's state on the
   console (modes and owners of the secrets, SSH host key fingerprints, whether a secret is
   on the FAT partition) and powers the machine off cleanly when told to or after a time-out.
   The image under test itself is never changed.
@@ -44,6 +44,22 @@ READY_LINE = "hyperpi-device: ready"  # image/service/50-image.conf
 CHECK_PREFIX = "hyperpi-boot-check: "
 POWER_DOWN = "reboot: Power down"
 CHECK_SCRIPT = "/usr/local/sbin/hyperpi-boot-check"  # only in the harness's copy
+CHECK_UNIT = "/etc/systemd/system/hyperpi-boot-check.service"
+CHECK_WANTS = "/etc/systemd/system/multi-user.target.wants/hyperpi-boot-check.service"
+# (Not `systemd.run=` on the kernel command line: that makes its unit the default target, so
+# multi-user.target and the service would never start.)
+CHECK_UNIT_TEXT = """[Unit]
+Description=hyperpi boot test report (test copy only)
+After=hyperpi-device.service hyperpi-ssh-keygen.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/hyperpi-boot-check
+ExecStopPost=/bin/systemctl poweroff --no-block
+
+[Install]
+WantedBy=multi-user.target
+"""
 # The guest's serial ports: PL011 (ttyAMA0) is claimed by the Bluetooth node of the Pi 3 tree,
 # so Debian's console is the mini UART (ttyS1); QEMU maps its first -serial to the PL011 and the
 # second to the mini UART. Both go to the log so early kernel output is seen whichever works.
@@ -153,8 +169,9 @@ class Raspi3:
         if self.check:
             script = GUEST_CHECK.format(wait=self.check_wait_s, marker=self.marker.replace('"', ""))
             ext4fs.write_file(self.disk, root, CHECK_SCRIPT, script.encode(), 0o755, 0, 0)
-        append = KERNEL_ARGS + (f" systemd.run={CHECK_SCRIPT} systemd.run_success_action=poweroff"
-                                " systemd.run_failure_action=poweroff" if self.check else "")
+            ext4fs.write_file(self.disk, root, CHECK_UNIT, CHECK_UNIT_TEXT.encode(), 0o644, 0, 0)
+            ext4fs.symlink(self.disk, root, CHECK_WANTS, CHECK_UNIT)
+        append = KERNEL_ARGS
         return [
             "qemu-system-aarch64", "-M", "raspi3b",
             "-kernel", str(files[kernel.group(1)]), "-initrd", str(files[initrd.group(1)]),
