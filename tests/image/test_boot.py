@@ -60,10 +60,12 @@ def built_image() -> Path:
 def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYPERPI_HOME", str(tmp_path / "home"))
     host_store = tmp_path / "host-feed"
-    # The host's feed: created by a first `chat write` with nothing to send.
-    created = hyperpi("chat", "write", "--store", str(host_store), "--nick", "host", input="", timeout=120)
-    assert created.returncode == 0, created.stderr
-    host_key = created.stdout.splitlines()[0].strip()
+    # The host's feed: `chat write` creates it and prints its key first; stopped right after.
+    creator = chat_write(host_store, [])
+    host_key = creator.stdout.readline().strip()
+    creator.terminate()
+    creator.wait(60)
+    assert host_key, creator.stderr.read()
 
     card = tmp_path / "card.img"
     done = hyperpi("provision", str(built_image), "-o", str(card), "--device", "qemu-pi", "--board", "headless",
@@ -79,20 +81,18 @@ def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch:
         peer = f"127.0.0.1:{pi.host_port}"
 
         view = hyperpi("chat", "view", record["feed_key"], "--store", str(tmp_path / "view"), "--peer", peer,
-                       "--json", "--exit-after", "1", timeout=CHAT_TIMEOUT_S)
+                       *LOOPBACK_ONLY, "--json", "--exit-after", "1", timeout=CHAT_TIMEOUT_S)
         assert view.returncode == 0, view.stderr
         boot_message = json.loads(view.stdout.splitlines()[0])
         assert boot_message["type"] == "chat" and boot_message["text"], boot_message
 
-        writer = subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "write", "--store", str(host_store),
-                                   "--nick", "host", "--peer", peer], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        writer = chat_write(host_store, ["--peer", peer])
         try:
             writer.stdin.write(marker + "\n")
             writer.stdin.flush()
             pi.wait_for(r"message from [^\n]*" + re.escape(marker), CHAT_TIMEOUT_S)
         finally:
-            writer.stdin.close()
+            writer.terminate()
             writer.wait(60)
 
         pi.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "facts", CHAT_TIMEOUT_S)
@@ -107,7 +107,8 @@ def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch:
     assert len(facts["ssh_host_keys"]) >= 1
     assert facts["units"]["hyperpi-device"] == "active" and facts["units"]["ssh"] != "active"
     assert facts["units"]["hyperpi-growfs"] == "active"
-    assert facts["root_size"] > card.stat().st_size - (300 << 20), "the root fs grew to the (padded) card"
+    shipped_root = qemu_boot.boot_and_root(card)[1].size
+    assert facts["root_size"] > shipped_root + (256 << 20), "the root fs grew to the (padded) card"
     assert facts["passwords"] == [] and facts["journal_storage"] is False
 
     # A second fresh copy of the same provisioned image makes its own SSH host keys.
@@ -123,6 +124,16 @@ def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"boot_to_ready_s": round(ready_s, 1), "image": built_image.name,
                                    "measured_at": int(time.time())}, indent=2) + "\n")
+
+
+# The host side talks to the emulated Pi through the forwarded loopback port only: no mDNS.
+LOOPBACK_ONLY = ["--listen", "127.0.0.1:0", "--no-mdns"]
+
+
+def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "write", "--store", str(store),
+                             "--nick", "host", *LOOPBACK_ONLY, *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _workdir(tmp_path: Path, name: str) -> Path:
