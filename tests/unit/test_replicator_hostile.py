@@ -421,3 +421,33 @@ def test_unverified_answers_that_overtake_their_anchor_are_held_up_to_a_cap(tmp_
                 remote.send(Data(req.id, writer.proof(req.proof_request)))
         remote.exchange(rep)
     reader.audit()
+
+
+# --- refusals do not turn into request storms ----------------------------------------------------
+
+
+def test_a_refused_upgrade_is_not_retried_until_the_remote_syncs_again(tmp_path: Path) -> None:
+    writer, reader, rep, remote = reader_setup(tmp_path)
+    announce(remote, writer)
+    upgrades = [r for r in remote.requests(remote.exchange(rep)) if r.proof_request.upgrade]
+    assert len(upgrades) == 1
+    for _ in range(5):  # refuse it; a replicator that retried at once would ask again each round
+        remote.send(NoData(upgrades[-1].id, 2))
+        asked = [r for r in remote.requests(remote.exchange(rep)) if r.proof_request.upgrade]
+        assert asked == []
+    remote.send(Sync(writer.fork, writer.length + 1, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+    asked = [r for r in remote.requests(remote.exchange(rep)) if r.proof_request.upgrade]
+    assert len(asked) == 1  # a new length from the remote: worth asking again
+    assert_untouched(reader)
+
+
+def test_a_want_is_sent_once_while_waiting_for_an_announcement(tmp_path: Path) -> None:
+    writer, reader, rep, remote = reader_setup(tmp_path)
+    remote.send(Sync(writer.fork, writer.length, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+    (upgrade,) = remote.requests(remote.exchange(rep))
+    remote.send(Data(upgrade.id, writer.proof(upgrade.proof_request)))
+    wants = [m for m in remote.exchange(rep) if isinstance(m, Want)]
+    for _ in range(5):  # keep the replicator busy without announcing any block
+        remote.send(Sync(writer.fork, writer.length, reader.length, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+        wants += [m for m in remote.exchange(rep) if isinstance(m, Want)]
+    assert len(wants) == 1 and reader.length == writer.length

@@ -114,6 +114,8 @@ class _Peer:
     free_ids: list[int] = field(default_factory=list)
     next_id: int = 1
     upgrading: bool = False
+    refused_upgrade: int = -1  # remote length whose upgrade the remote refused (noData)
+    sent_want: int = -1  # start of the last `want` we sent
     # Block index -> the tree nodes its proof will deliver (counted in pending_nodes).
     blocks_inflight: dict[int, list[int]] = field(default_factory=dict)
     unavailable: set[int] = field(default_factory=set)  # blocks the remote said it lacks
@@ -373,6 +375,8 @@ class Replicator:
         if req is None:
             return
         self._settle(peer, message.request, req)
+        if req.upgrade is not None:
+            peer.refused_upgrade = peer.remote_length
         if req.block is not None:
             self._forget_block(peer, req)
             peer.unavailable.add(req.block.index)
@@ -438,8 +442,8 @@ class Replicator:
 
     def _request_upgrade(self, peer: _Peer) -> None:
         core = peer.core
-        if peer.upgrading:
-            return
+        if peer.upgrading or peer.refused_upgrade == peer.remote_length:
+            return  # in flight, or refused for this length: wait for the remote's next sync
         peer.upgrading = True
         fork = peer.remote_fork if core.length == 0 else core.fork  # a fresh reader adopts the writer's fork
         upgrade = UpgradeRequest(core.length, peer.remote_length - core.length)
@@ -475,7 +479,10 @@ class Replicator:
             # Retry refused blocks from the start once everything else is done.
             peer.cursor = core.contiguous_length
         if peer.cursor < core.length and not peer.remote_has(peer.cursor) and not peer.blocks_inflight:
-            self._send(peer, Want(peer.cursor - peer.cursor % WANT_BATCH, WANT_BATCH))
+            start = peer.cursor - peer.cursor % WANT_BATCH
+            if peer.sent_want != start:  # once per batch: the answer is a `range`, not a retry
+                peer.sent_want = start
+                self._send(peer, Want(start, WANT_BATCH))
 
     # --- announcements -------------------------------------------------------------------
 
