@@ -447,7 +447,7 @@ def test_a_want_is_sent_once_while_waiting_for_an_announcement(tmp_path: Path) -
     (upgrade,) = remote.requests(remote.exchange(rep))
     remote.send(Data(upgrade.id, writer.proof(upgrade.proof_request)))
     wants = [m for m in remote.exchange(rep) if isinstance(m, Want)]
-    for _ in range(5):  # keep the replicator busy without announcing any block
-        remote.send(Sync(writer.fork, writer.length, reader.length, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+    for _ in range(5):  # announce only the last block, again and again: block 0 stays unannounced
+        remote.send(Range(writer.length - 1, 1))
         wants += [m for m in remote.exchange(rep) if isinstance(m, Want)]
     assert len(wants) == 1 and reader.length == writer.length
