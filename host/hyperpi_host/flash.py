@@ -55,6 +55,8 @@ BLKRRPART = 0x125F  # ioctl: ask the kernel to re-read the partition table
 BLKFLSBUF = 0x1261  # ioctl: drop a block device's buffer cache
 UNBOUNDED = 1 << 62  # "until the image ends" when its size is not known up front
 ZERO_CHUNK = bytes(CHUNK)
+# Reads what the kernel says about disks and mounts (blockdev.SystemView.read_live, or a test's view).
+ViewReader = Callable[[], blockdev.SystemView]
 # After a stop, how long to wait for the reading thread to finish its current piece.
 READER_JOIN_SECONDS = 1.0
 
@@ -530,13 +532,14 @@ def _unmount(mounts: list[tuple[str, str]]) -> None:
         print(f"unmounted {device} from {mountpoint}", file=sys.stderr)
 
 
-def _check_disk(path: str, image_size: int | None, assume_yes: bool) -> blockdev.Target:
+def _check_disk(path: str, image_size: int | None, assume_yes: bool,
+                read_view: ViewReader) -> blockdev.Target:
     try:
         name = blockdev.device_name(path)
         if not os.access(path, os.R_OK | os.W_OK):
             raise UserError(f"cannot write {path}: permission denied (run with sudo)")
         for attempt in range(2):
-            view = blockdev.SystemView.read_live()
+            view = read_view()  # read again after unmounting: the mounts must really be gone
             try:
                 return blockdev.inspect_target(name, view, image_size)
             except blockdev.TargetMounted as mounted:
@@ -550,9 +553,9 @@ def _check_disk(path: str, image_size: int | None, assume_yes: bool) -> blockdev
     raise AssertionError("unreachable")
 
 
-def _print_disks() -> int:
+def _print_disks(read_view: ViewReader) -> int:
     try:
-        disks = blockdev.list_disks(blockdev.SystemView.read_live())
+        disks = blockdev.list_disks(read_view())
     except blockdev.TargetRefused as refused:
         raise UserError(str(refused)) from None
     usable = [t for t, _, _ in disks if t]
@@ -570,9 +573,12 @@ def _print_disks() -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace,
+        read_view: ViewReader = blockdev.SystemView.read_live) -> int:
+    """The command. `read_view` is how the safety checks see the system; the command line
+    always reads it live, tests pass a recorded or adjusted view (the only substitution)."""
     if args.list:
-        return _print_disks()
+        return _print_disks(read_view)
     if not args.image or not args.target:
         raise UserError("give an IMAGE and a TARGET, e.g. `hyperpi flash hyperpi.img.xz /dev/sdb` "
                         "(find the TARGET with `hyperpi flash --list`)")
@@ -602,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
             fd, direct = open_target(target_path, is_block=False)
             target_size, is_block = None, False
         else:
-            disk = _check_disk(target_path, image_size, args.yes)
+            disk = _check_disk(target_path, image_size, args.yes, read_view)
             print(f"target {disk.describe()}", file=sys.stderr)
             for part in disk.partitions:
                 print(f"    {part.path} {human_bytes(part.size)} {part.fstype or ''} "
