@@ -96,3 +96,19 @@ def b_topics(service: DeviceService) -> frozenset[bytes]:
     assert isinstance(net, network.DeviceNetwork) and net.swarm is not None
     assert {c.discovery_key for c in net.cores} == {c.discovery_key for c in service.cores()}
     return net.swarm.topics
+
+
+def test_network_settings_are_checked(tmp_path: Path) -> None:
+    import pytest
+
+    from hyperpi.device.config import ConfigError, load_config
+
+    path = tmp_path / "device.toml"
+    path.write_text('name = "k"\nlisten_host = "127.0.0.1"\nmdns = false\n')
+    config = load_config(path)
+    assert (config.listen_host, config.mdns) == ("127.0.0.1", False)
+    for line, key in (('mdns = "no"', "'mdns'"), ("listen_host = 5", "'listen_host'")):
+        path.write_text(f'name = "k"\n{line}\n')
+        with pytest.raises(ConfigError, match=key) as error:
+            load_config(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
