@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hyperpi.device import network
-from hyperpi.device.config import DeviceConfig, Follow
+from hyperpi.device.config import ConfigError, DeviceConfig, Follow, load_config
 from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, Store, generate_keypair
 
@@ -99,10 +100,6 @@ def b_topics(service: DeviceService) -> frozenset[bytes]:
 
 
 def test_network_settings_are_checked(tmp_path: Path) -> None:
-    import pytest
-
-    from hyperpi.device.config import ConfigError, load_config
-
     path = tmp_path / "device.toml"
     path.write_text('name = "k"\nlisten_host = "127.0.0.1"\nmdns = false\n')
     config = load_config(path)
