@@ -57,6 +57,7 @@ def built_image() -> Path:
     return images[-1]
 
 
+@pytest.mark.timeout(2 * BOOT_TIMEOUT_S + 4 * CHAT_TIMEOUT_S)
 def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYPERPI_HOME", str(tmp_path / "home"))
     host_store = tmp_path / "host-feed"
