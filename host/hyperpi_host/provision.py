@@ -387,10 +387,9 @@ def write_identity(image: Path, settings: Settings, identity: Identity) -> None:
 def assert_no_secret_on_fat(image: Path, boot: Partition, secrets: list[bytes]) -> None:
     """Scan every byte of the FAT partition (free space too) for the secrets."""
     with open(image, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        region = m[boot.start : boot.end]
-    for secret in secrets:
-        if secret in region:
-            raise UserError("internal error: a secret reached the FAT partition; the image was not written")
+        leaked = any(m.find(secret, boot.start, boot.end) != -1 for secret in secrets)
+    if leaked:
+        raise UserError("internal error: a secret reached the FAT partition; the image was not written")
 
 
 def record_device(settings: Settings, identity: Identity, image: Path) -> Path:
