@@ -123,7 +123,9 @@ def start_device(lan: NetnsLan, ns: str, config: Path, *extra: str) -> LoggedPro
 
 def start_pair(lan: NetnsLan, tmp: Path, owner: bytes | None = None) -> tuple[LoggedProcess, LoggedProcess, Path]:
     """The kitchen (headless, namespace a) and the hallway (OLED, namespace b, follows the
-    kitchen and, if given, the owner's control feed), connected; and the hallway's frames."""
+    kitchen and, if given, the owner's control feed), connected; and the hallway's frames.
+    The hallway starts without an address: its status goes from "no network" to "1 peer" as
+    the address comes and the kitchen is found."""
     kitchen_key = feed_key(tmp / "kitchen")
     feed_key(tmp / "hallway")
     (tmp / "kitchen.toml").write_text(
@@ -137,8 +139,12 @@ def start_pair(lan: NetnsLan, tmp: Path, owner: bytes | None = None) -> tuple[Lo
     )
     frames = tmp / "hallway-frames"
     kitchen = start_device(lan, "a", tmp / "kitchen.toml")
+    lan.remove_address("b")  # the hallway boots before DHCP answered
     hallway = start_device(lan, "b", tmp / "hallway.toml", "--frames", str(frames))
+    hallway.wait_for("network status: no network")
+    lan.add_address("b")  # ("no peers yet" may be skipped: the kitchen can be found at once)
     # Found by mDNS, connected, and the kitchen's first message replicated.
+    hallway.wait_for("network status: 1 peer")
     hallway.wait_for("message from kitchen: kitchen is online")
     hallway.wait_for("frame saved")
     time.sleep(2.5)  # past the hallway's 2 s splash: what follows is drawn on the chat screen

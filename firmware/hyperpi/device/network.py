@@ -50,6 +50,7 @@ class DeviceNetwork:
         self.swarm: Swarm | None = None
         self._peers: Counter[bytes] = Counter()  # remote Noise key -> live connections to it
         self._tasks: set[asyncio.Task[None]] = set()
+        self._status = ""
 
     # -- cores and topics ---------------------------------------------------------------
     def sync_cores(self) -> None:
@@ -99,6 +100,10 @@ class DeviceNetwork:
         # A peer connected proves a network, also one on loopback (the simulation's demo).
         up = self.peer_count > 0 or bool(local_ipv4_addresses())
         self.service.set_network(up, self.peer_count)
+        status = self.service.app.status()
+        if status != self._status:  # the status line's network part, in the journal too
+            self._status = status
+            log.info("network status: %s", status)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
