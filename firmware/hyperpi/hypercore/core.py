@@ -35,7 +35,7 @@ from .keys import (
     manifest_hash,
 )
 from .merkle import append_leaves, is_compat, leaf_hash, parent_node, sign_tree, tree_hash, verify_tree
-from .proofs import generate_proof, verify_proof
+from .proofs import Verified, generate_proof, verify_proof
 from .storage import Store, _storage_error, damage_is_corruption
 from .types import CoreEvent, Proof, ProofRequest, TreeNode
 
@@ -373,39 +373,48 @@ class Core:
             fork=self.fork,
             get_node=self._node,
         )
+        # Verified already, so only the storage can fail below. Inside a caller's transaction
+        # (a replicator applying a burst) there is no savepoint, and no context manager to pay
+        # for per proof: a storage failure undoes the caller's whole transaction, and the
+        # cores' heads are reloaded from the database.
+        if self.store.in_transaction:
+            try:
+                return self._apply(v)
+            except sqlite3.DatabaseError as error:
+                raise _storage_error(error) from None
+        with self.transaction():
+            return self._apply(v)
+
+    def _apply(self, v: Verified) -> list[CoreEvent]:
         events: list[CoreEvent] = []
         cid = self._id
-        # Verified already, so only the storage can fail below. Inside a caller's transaction
-        # (a replicator applying a burst) there is no savepoint: a storage failure undoes the
-        # caller's whole transaction, and the cores' heads are reloaded from the database.
-        with self.transaction(savepoint=False):
-            self.store.touched(self)
-            db = self.store.db
-            if v.manifest is not None and self.manifest is None:
-                db.execute("UPDATE cores SET manifest=? WHERE id=?", (v.manifest, cid))
-                self._set_manifest(v.manifest)
-            if v.nodes:
-                self.store.defer("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in v.nodes])
-                self._cache_nodes(v.nodes)
-            if v.upgraded and (v.length > self.length or (self.length == 0 and v.fork != self.fork)):
-                byte_length = sum(r.size for r in v.roots)
-                db.execute(
-                    "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
-                    (v.length, v.fork, byte_length, v.signature, cid),
-                )
-                self.length, self.fork, self.byte_length = v.length, v.fork, byte_length
-                self.signature, self._roots = v.signature, v.roots
-                events.append(CoreEvent("upgrade", v.length, None))
-            if v.block is not None and not self.has(v.block[0]):
-                index, value = v.block
-                leaf = v.nodes[0]  # the proof's leaf, hashed while verifying
-                digest = leaf.hash if leaf.index == 2 * index else leaf_hash(value)
-                self.store.defer("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((cid, index, value, digest),))
-                self._held_above.add(index)
-                self._advance_contiguous()
-                events.append(CoreEvent("block", self.length, index))
-            for event in events:
-                self._emit(event)
+        store = self.store
+        store.touched(self)
+        if v.manifest is not None and self.manifest is None:
+            store.db.execute("UPDATE cores SET manifest=? WHERE id=?", (v.manifest, cid))
+            self._set_manifest(v.manifest)
+        if v.nodes:
+            store.defer("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in v.nodes])
+            self._cache_nodes(v.nodes)
+        if v.upgraded and (v.length > self.length or (self.length == 0 and v.fork != self.fork)):
+            byte_length = sum(r.size for r in v.roots)
+            store.db.execute(
+                "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
+                (v.length, v.fork, byte_length, v.signature, cid),
+            )
+            self.length, self.fork, self.byte_length = v.length, v.fork, byte_length
+            self.signature, self._roots = v.signature, v.roots
+            events.append(CoreEvent("upgrade", v.length, None))
+        if v.block is not None and not self.has(v.block[0]):
+            index, value = v.block
+            leaf = v.nodes[0]  # the proof's leaf, hashed while verifying
+            digest = leaf.hash if leaf.index == 2 * index else leaf_hash(value)
+            store.defer("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((cid, index, value, digest),))
+            self._held_above.add(index)
+            self._advance_contiguous()
+            events.append(CoreEvent("block", self.length, index))
+        for event in events:
+            self._emit(event)
         return events
 
     def _advance_contiguous(self) -> None:

@@ -165,6 +165,10 @@ class Store:
             for callback in callbacks:
                 callback()
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
     def defer(self, sql: str, rows: Iterable[tuple]) -> None:
         """Queue rows for an INSERT until the next read, savepoint or commit (`flush_writes`):
         a download stores a few rows per proof, and one executemany per burst is much cheaper

@@ -38,6 +38,10 @@ HANDSHAKE_TIMEOUT = 10.0
 # Send an empty message after this many seconds without writing: Node hypercore's
 # `setKeepAlive(5000)`, so a peer watching for silence sees the same rhythm from us.
 KEEPALIVE_INTERVAL = 5.0
+# Bytes we let queue for the socket before a sender waits. It must exceed what one side can
+# owe the other at once (512 requests in flight, each answered with a block and its proof,
+# are a few hundred KiB for chat blocks), and it bounds what a peer that stops reading costs us.
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 # Bytes read from the socket per call. Each read is fully decoded before the next, so at
 # most one read's worth of messages (plus one partial frame) is held in memory.
 READ_CHUNK = 64 * 1024
@@ -69,6 +73,10 @@ class EncryptedConnection:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        # Writers wait (drain) only past WRITE_BUFFER_HIGH: with asyncio's 64 KiB default, two
+        # peers that each answer the other's pipelined requests stall each other in drain()
+        # while neither reads.
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self._stream = stream
         self._inbox: deque[bytes] = deque()
         self._keepalive = keepalive

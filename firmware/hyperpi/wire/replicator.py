@@ -63,6 +63,10 @@ from .protomux import (
 
 log = logging.getLogger(__name__)
 
+# Block requests sent per batch frame. The server answers a frame's requests as one frame
+# too, so small batches keep both peers busy at once; one batch of MAX_INFLIGHT would make
+# them take turns, each idle while the other works through 512 messages.
+REQUEST_BATCH = 32
 # Block requests in flight per channel. Each costs the server one proof; enough of them hide
 # the round trip on a LAN (a 100,000-block feed syncs in a few seconds), few enough that a
 # reply burst stays well under a megabyte. (Node's replicator caps a peer at 512 too.)
@@ -181,10 +185,10 @@ class Replicator:
         self._handle(self.mux.receive(plaintext))
 
     def receive_many(self, plaintexts: Iterable[bytes]) -> None:
-        """Handle a burst of messages; the replies go out as one batch frame (as Node corks
-        its replies), which saves a frame and an encryption per message."""
-        with self.mux.batch():
-            for plaintext in plaintexts:
+        """Handle a burst of messages. The replies to each one go out as one batch frame (as
+        Node corks its replies), which saves a frame and an encryption per reply."""
+        for plaintext in plaintexts:
+            with self.mux.batch():
                 self._handle(self.mux.receive(plaintext))
 
     def core_changed(self, core: Core) -> None:
@@ -462,6 +466,7 @@ class Replicator:
         if peer.remote_length > core.length:
             self._request_upgrade(peer)
         peer.cursor = max(peer.cursor, core.contiguous_length)
+        batched = 0
         with self.mux.batch():
             while len(peer.blocks_inflight) < MAX_INFLIGHT and peer.cursor < core.length:
                 index = peer.cursor
@@ -475,6 +480,10 @@ class Replicator:
                 for node in delivered:
                     peer.pending_nodes[node] = peer.pending_nodes.get(node, 0) + 1
                 self._request(peer, ProofRequest(core.fork, block=block))
+                batched += 1
+                if batched % REQUEST_BATCH == 0:  # close this batch frame, start the next
+                    self.mux.uncork()
+                    self.mux.cork()
         if peer.unavailable and not peer.blocks_inflight and peer.cursor >= core.length:
             # Retry refused blocks from the start once everything else is done.
             peer.cursor = core.contiguous_length
