@@ -94,6 +94,8 @@ def start_service(config: Path, state: Path) -> tuple[float, float]:
 
 
 LIVE = r"""
+from hyperpi.device import without_openssl
+without_openssl()  # as the service process does before its imports
 import json, sys, time, tempfile
 from pathlib import Path
 from hyperpi.device.boards import get_board

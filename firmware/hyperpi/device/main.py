@@ -12,13 +12,19 @@ there in colour half-blocks.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m hyperpi.device.main` is the service process too
+    from hyperpi.device import without_openssl
+
+    without_openssl()
+
 import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +32,7 @@ from typing import Any
 
 from hyperpi.hypercore import Core, HypercoreError, KeyPair, StorageError, Store, generate_keypair
 
-from . import notify
+from . import memory, notify
 from .boards import get_board
 from .buttons import Buttons
 from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
@@ -171,6 +177,7 @@ async def run(
         tasks.append(asyncio.ensure_future(network(service, config, noise_keys, stop)))
     else:
         service.set_network(False, 0)
+    tasks.append(asyncio.ensure_future(memory.trim_periodically(stop)))
     interval = notify.watchdog_interval()
     if interval:
         tasks.append(asyncio.ensure_future(_watchdog(interval, stop)))

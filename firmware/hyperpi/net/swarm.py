@@ -36,13 +36,15 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-
-from zeroconf import InterfaceChoice
+from typing import TYPE_CHECKING
 
 from hyperpi.wire.noise import Keypair
 
 from .discovery import Discovery, instance_name
 from .stream import ConnectionClosed, EncryptedConnection, accept, open_connection
+
+if TYPE_CHECKING:
+    from zeroconf import InterfaceChoice  # imported by Discovery only when mDNS is on
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class Swarm:
         mdns: bool = True,
         peers: Iterable[Address] = (),
         on_connection: ConnectionHandler | None = None,
-        interfaces: InterfaceChoice | list[str] = InterfaceChoice.All,
+        interfaces: InterfaceChoice | list[str] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.keypair = keypair
