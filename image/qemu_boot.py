@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import socket
@@ -35,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "host"))
 sys.path.insert(0, str(HERE.parent / "firmware"))
 
-from hyperpi_host import ext4fs, fatfs  # noqa: E402
-from hyperpi_host.partitions import boot_and_root  # noqa: E402
+from hyperpi_host import ext4fs, fatfs
+from hyperpi_host.partitions import boot_and_root
 
 DTB = "bcm2837-rpi-3-b.dtb"  # Debian's upstream device tree for the Pi 3 Model B
 ROOT = "PARTUUID=68797069-02"  # image/build.sh DISK_ID
@@ -155,8 +154,8 @@ class Raspi3:
             f.truncate(next_power_of_two(self.disk.stat().st_size))
         boot, root = boot_and_root(self.disk)
         config = (fatfs.read_file(self.disk, boot, "/config.txt") or b"").decode()
-        kernel = re.search(r"^kernel=(\S+)", config, re.M)
-        initrd = re.search(r"^initramfs (\S+)", config, re.M)
+        kernel = re.search(r"^kernel=(\S+)", config, re.MULTILINE)
+        initrd = re.search(r"^initramfs (\S+)", config, re.MULTILINE)
         if not kernel or not initrd:
             raise BootError("config.txt on the boot partition names no kernel= / initramfs")
         files = {}
@@ -187,8 +186,8 @@ class Raspi3:
         command = self.prepare()
         (self.workdir / "command.txt").write_text(" ".join(command) + "\n")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=open(self.workdir / "qemu.out", "wb"),
-                                     stderr=subprocess.STDOUT)
+        with open(self.workdir / "qemu.out", "wb") as qemu_out:  # QEMU keeps its own copy of the fd
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=qemu_out, stderr=subprocess.STDOUT)
 
     def console(self) -> str:
         text = ""

@@ -47,7 +47,7 @@ def debugfs(image: Path, part: Partition, commands: list[str], write: bool = Fal
             raise Ext4Error("a debugfs command must be one line")
     args = ["debugfs"] + (["-w"] if write else []) + ["-f", "-", _device(image, part)]
     try:
-        done = subprocess.run(args, input="\n".join(commands).encode() + b"\n", capture_output=True, timeout=TIMEOUT_S)
+        done = subprocess.run(args, input="\n".join(commands).encode() + b"\n", capture_output=True, timeout=TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise Ext4Error("debugfs not found: install e2fsprogs (apt-get install e2fsprogs)") from None
     except subprocess.TimeoutExpired:
@@ -83,7 +83,7 @@ def read_file(image: Path, part: Partition, path: str) -> bytes | None:
         raise Ext4Error(f"{path} is a {inode.file_type}, not a file")
     # `cat` writes the raw bytes to stdout; with -f - debugfs also echoes the command line.
     out = subprocess.run(["debugfs", "-R", f"cat {_quote(path)}", _device(image, part)],
-                         capture_output=True, timeout=TIMEOUT_S)
+                         capture_output=True, timeout=TIMEOUT_S, check=False)
     if out.returncode != 0 or len(out.stdout) != inode.size:
         raise Ext4Error(f"cannot read {path} from the image")
     return out.stdout

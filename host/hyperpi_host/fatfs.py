@@ -28,7 +28,7 @@ def _drive(image: Path, part: Partition) -> str:
 
 def _mtools(args: list[str], what: str) -> bytes:
     try:
-        done = subprocess.run(args, capture_output=True, timeout=TIMEOUT_S, env={**os.environ, **MTOOLS_ENV})
+        done = subprocess.run(args, capture_output=True, timeout=TIMEOUT_S, check=False, env={**os.environ, **MTOOLS_ENV})
     except FileNotFoundError:
         raise FatError(f"{args[0]} not found: install mtools (apt-get install mtools)") from None
     except subprocess.TimeoutExpired:
@@ -49,7 +49,7 @@ def read_file(image: Path, part: Partition, path: str) -> bytes | None:
 def list_files(image: Path, part: Partition) -> list[str]:
     """Every file's absolute path on the partition (lower case: FAT ignores case)."""
     out = _mtools(["mdir", "-/", "-b", "-i", _drive(image, part), "::/"], "listing the FAT partition")
-    return [line[2:] if line.startswith("::") else line for line in out.decode(errors="replace").splitlines() if line.strip()]
+    return [line.removeprefix("::") for line in out.decode(errors="replace").splitlines() if line.strip()]
 
 
 def make_dirs(image: Path, part: Partition, path: str) -> None:

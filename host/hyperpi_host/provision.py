@@ -30,7 +30,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyperpi.hypercore.keys import KeyPair, core_key, discovery_key, generate_keypair, parse_key, z32_encode
+from hyperpi.hypercore.keys import (
+    KeyPair,
+    core_key,
+    discovery_key,
+    generate_keypair,
+    parse_key,
+    z32_encode,
+)
+
 from hyperpi_host import ext4fs, fatfs, home
 from hyperpi_host.cli import UserError
 from hyperpi_host.partitions import Partition, PartitionError, boot_and_root

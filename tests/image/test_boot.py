@@ -32,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "image"))
 
-import qemu_boot  # noqa: E402
+import qemu_boot
 
 BUILD = ROOT / "build"
 PORT = 49737  # the device's replication port (hyperpi.device.config.DEFAULT_PORT)
@@ -44,7 +44,7 @@ RESULTS = ROOT / "tests" / "bench" / "results" / "image_boot.json"
 
 
 def hyperpi(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True, **kwargs)
+    return subprocess.run([sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True, check=False, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from hyperpi.hypercore.keys import core_key, generate_keypair, z32_encode
 from hyperpi_host import cli, ext4fs, fatfs, provision
 from hyperpi_host.partitions import boot_and_root
