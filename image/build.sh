@@ -8,8 +8,8 @@
 # Two stages:
 #  1. The Debian layer: mmdebstrap (variant minbase) with image/packages.txt, image/hooks/ and
 #     image/rootfs/. Cached in build/cache/rootfs-<key>/, where <key> hashes exactly those
-#     inputs, so a rebuild with unchanged packages skips it (the slow part: dpkg under emulation).
-#     (The cache is a folder, build/cache/rootfs-<key>/, copied for each build.)
+#     inputs, so a rebuild with unchanged packages skips it (the slow part: dpkg under emulation);
+#     each build works on a copy of it.
 #  2. hyperpi itself: a wheel of this checkout installed into a venv in the image
 #     (/opt/hyperpi/venv, seeing Debian's python3 packages), then assembly.
 #
@@ -17,12 +17,12 @@
 # mkfs.vfat + mtools make the FAT32 boot partition in a file of its own, mke2fs -d makes the
 # ext4 root from a folder, and dd places both.
 #
-# Needs: root (dpkg in the new root must chown files; no mounts of the image are made),
+# Needs: root (dpkg in the new root must chown files; mmdebstrap bind-mounts /proc, /sys and /dev
+# into that root while packages install, but the image itself is never mounted),
 # mmdebstrap, qemu-user-static with binfmt_misc (to run arm64 maintainer scripts on this host;
 # the script registers qemu-aarch64 itself when binfmt_misc is available), fdisk (sfdisk),
 # dosfstools, mtools, e2fsprogs, xz-utils, bmap-tools, and network access to the Debian mirror
-# and PyPI. On Debian: apt-get install mmdebstrap qemu-user-static binfmt-support fdisk dosfstools
-# mtools e2fsprogs xz-utils bmap-tools arch-test.
+# and PyPI. image/deps.sh installs the Debian packages (`make image` runs it).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -54,7 +54,7 @@ python_bin() {
 }
 
 preflight() {
-    [ "$(id -u)" -eq 0 ] || die "run as root (dpkg inside the new root must set file owners); no mounts are made"
+    [ "$(id -u)" -eq 0 ] || die "run as root: dpkg inside the new root must set file owners (the image is never mounted)"
     local missing=()
     for tool in mmdebstrap sfdisk mkfs.vfat mcopy mmd mke2fs xz bmaptool sha256sum qemu-aarch64-static; do
         command -v "$tool" >/dev/null || missing+=("$tool")
@@ -85,11 +85,13 @@ setup_binfmt() {
 packages() { sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$HERE/packages.txt" | tr -d ' \t' | paste -sd, -; }
 
 # The Debian layer's cache key: every input of stage 1 (package list, hooks, the image's own
-# files with their modes), and the suite. Not the mirror: the same suite gives the same layer.
+# files with their modes, the mmdebstrap call itself), and the suite. Not the mirror: the same
+# suite gives the same layer.
 cache_key() {
     (
         cd "$HERE"
         echo "$SUITE"
+        declare -f build_debian_layer
         find packages.txt hooks rootfs -type f -o -type l | LC_ALL=C sort | while read -r f; do
             echo "$f $(stat -c %a "$f")"
             if [ -L "$f" ]; then readlink "$f"; else sha256sum < "$f"; fi
