@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (iproute2 for the network-namespace LAN,
-# fonts-dejavu-core for the device's colour screens and their golden frames).
-# Called by `make test`; it does nothing when everything is already there.
+# Installs Debian packages that are missing (nothing when all are there). With no arguments:
+# the packages the test suite needs (called by `make test`): iproute2 for the network-namespace
+# LAN, fdisk/dosfstools/mtools/e2fsprogs for image files, util-linux/kmod/bmap-tools/xz-utils/zstd
+# for flashing, fonts-dejavu-core for the device's colour screens and their golden frames.
+# With arguments: those packages (image/deps.sh uses it for the image build's tools).
 set -euo pipefail
-packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core util-linux kmod bmap-tools xz-utils zstd)
+if [ $# -gt 0 ]; then
+    packages=("$@")
+else
+    packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core util-linux kmod bmap-tools xz-utils zstd)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,4 +19,4 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 echo "installing Debian packages: ${missing[*]}"
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
