@@ -22,6 +22,23 @@ def vectors() -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.fixture
+def hyperpi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh host home ($HYPERPI_HOME) for `hyperpi` commands run in the test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("HYPERPI_HOME", str(path))
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Run `hyperpi ARGV...` in-process: (exit code, stdout, stderr)."""
+    from hyperpi_host import cli
+
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session")
 def node_peers() -> Path:
     """The folder of the Node reference peers, with hypercore 11 installed by `make test`."""

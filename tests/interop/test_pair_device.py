@@ -26,7 +26,7 @@ from hyperpi.net.swarm import Swarm
 from hyperpi.wire.noise import Keypair
 from hyperpi_host import keys, pair, provision
 
-from tests.unit.test_host_pair import hyperpi_home, make_device, run  # noqa: F401 (fixture)
+from tests.unit.test_host_pair import make_device, run
 
 T = TypeVar("T")
 WAIT = 10.0  # s; loopback delivery takes well under a second, this only bounds a failure

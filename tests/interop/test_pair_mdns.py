@@ -16,7 +16,7 @@ from hyperpi.hypercore import generate_keypair, z32_encode
 from hyperpi_host import keys
 
 from tests.netns.conftest import NetnsLan, lan  # noqa: F401 (fixture)
-from tests.unit.test_host_pair import hyperpi_home, make_device  # noqa: F401 (fixture)
+from tests.unit.test_host_pair import make_device
 
 WAIT = 30.0  # s; mDNS announce (~1.5 s) plus a dial: a few seconds; this only bounds a failure
 

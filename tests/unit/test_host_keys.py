@@ -14,18 +14,7 @@ import pytest
 from hyperpi.hypercore.keys import core_key, discovery_key, generate_keypair, z32_encode
 from hyperpi_host import cli, home, keys
 
-
-@pytest.fixture
-def hyperpi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("HYPERPI_HOME", str(path))
-    return path
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli as run
 
 
 def mode(path: Path) -> int:

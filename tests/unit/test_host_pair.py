@@ -14,20 +14,9 @@ from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, Store, generate_keypair, z32_encode
 from hyperpi.hypercore.keys import qr_payload
 from hyperpi.hypercore.types import BlockRequest, ProofRequest, UpgradeRequest
-from hyperpi_host import cli, keys, pair, provision
+from hyperpi_host import keys, pair, provision
 
-
-@pytest.fixture
-def hyperpi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("HYPERPI_HOME", str(path))
-    return path
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli as run
 
 
 def make_device(name: str, owner: str | None, tmp_path: Path) -> provision.Identity:

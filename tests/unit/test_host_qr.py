@@ -11,28 +11,17 @@ import zxingcpp
 from PIL import Image, ImageFilter, ImageOps
 
 from hyperpi.hypercore.keys import generate_keypair, core_key, qr_payload, z32_encode
-from hyperpi_host import cli, keys, qr
+from hyperpi_host import keys, qr
+
+from tests.conftest import run_cli as run
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 FULL, UPPER, LOWER = "\u2588", "\u2580", "\u2584"
 
 
 @pytest.fixture
-def hyperpi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("HYPERPI_HOME", str(path))
-    return path
-
-
-@pytest.fixture
 def key() -> bytes:
     return core_key(generate_keypair(bytes(range(32))).public_key)
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def decode(image: Image.Image, try_invert: bool = False) -> list[str]:
