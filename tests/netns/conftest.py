@@ -25,10 +25,13 @@ import os
 import re
 import shutil
 import signal
+import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,6 +153,57 @@ class NetnsLan:
 
     def add_address(self, device: str) -> None:
         _ip("-n", self.namespaces[device], "addr", "add", f"{self.addresses[device]}/24", "dev", "eth0")
+
+
+class JsonLinesAgent:
+    """A test process in a namespace that prints one JSON event per line on stdout (each with an
+    "event" key) and takes commands on stdin; a reader thread collects the events."""
+
+    timeout = 15.0  # seconds a wait_for() waits by default
+
+    def __init__(self, device: str, process: subprocess.Popen[str]) -> None:
+        self.device = device
+        self.process = process
+        self.events: list[dict[str, Any]] = []  # everything printed so far, in order
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self.changed:
+                self.events.append(json.loads(line))
+                self.changed.notify_all()
+
+    def mark(self) -> int:
+        """The index the next event will have."""
+        with self.changed:
+            return len(self.events)
+
+    def send(self, command: str) -> int:
+        """Send a command; returns the event index its answer will come after."""
+        start = self.mark()
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return start
+
+    def wait_for(self, kind: str, timeout: float | None = None, since: int = 0, **match: Any) -> dict[str, Any]:
+        """The first event of this kind (at or after index `since`) matching `match`."""
+        timeout = self.timeout if timeout is None else timeout
+
+        def found() -> dict[str, Any] | None:
+            for event in self.events[since:]:
+                if event["event"] == kind and all(event.get(k) == v for k, v in match.items()):
+                    return event
+            return None
+
+        with self.changed:
+            if not self.changed.wait_for(lambda: found() is not None, timeout=timeout):
+                raise AssertionError(
+                    f"{self.device}: no {kind} event matching {match} in {timeout} s; saw {self.events[since:]}"
+                )
+            return found()  # type: ignore[return-value]
 
 
 def _require_root() -> None:

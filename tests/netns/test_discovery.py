@@ -8,18 +8,16 @@ per event on stdout, so the test can watch what each device sees.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 import pytest
 
-from tests.netns.conftest import NetnsLan
+from tests.netns.conftest import JsonLinesAgent, NetnsLan
 
 AGENT = r"""
 import asyncio, json, sys
@@ -60,46 +58,14 @@ TOPIC_RAW = b"=\x00\xff" + bytes(range(29))
 SEEN_WITHIN = 10.0  # seconds; discovery on an idle bridge takes well under one
 
 
-class Agent:
+class Agent(JsonLinesAgent):
     """A Discovery running in one namespace, driven over stdin/stdout."""
 
+    timeout = SEEN_WITHIN
+
     def __init__(self, lan: NetnsLan, device: str, port: int) -> None:
-        self.device = device
-        self.process = lan.python(device, "-c", AGENT, f"dev-{device}", str(port))
-        self.events: list[dict[str, Any]] = []  # everything printed so far, in order
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(device, lan.python(device, "-c", AGENT, f"dev-{device}", str(port)))
         self.name = self.wait_for("started", timeout=15)["name"]
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.events.append(json.loads(line))
-                self.changed.notify_all()
-
-    def send(self, command: str) -> int:
-        """Send a command; returns the event index its answer will come after."""
-        with self.changed:
-            start = len(self.events)
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return start
-
-    def wait_for(self, kind: str, timeout: float = SEEN_WITHIN, since: int = 0,
-                 **match: Any) -> dict[str, Any]:
-        """The first event of this kind (at or after index `since`) matching `match`."""
-        def found() -> dict[str, Any] | None:
-            for event in self.events[since:]:
-                if event["event"] == kind and all(event.get(k) == v for k, v in match.items()):
-                    return event
-            return None
-
-        with self.changed:
-            if not self.changed.wait_for(lambda: found() is not None, timeout=timeout):
-                raise AssertionError(f"{self.device}: no {kind} event matching {match} in {timeout} s")
-            return found()  # type: ignore[return-value]
 
     def peers(self) -> dict[str, dict[str, Any]]:
         start = self.send("peers")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.conftest import NetnsLan
+from tests.netns.conftest import JsonLinesAgent, NetnsLan
 
 AGENT = r"""
 import asyncio, json, sys
@@ -85,52 +85,18 @@ def seed(device: str) -> bytes:
     return hashlib.blake2b(device.encode(), digest_size=32).digest()
 
 
-class SwarmAgent:
+class SwarmAgent(JsonLinesAgent):
     """A Swarm running in one namespace, driven over stdin/stdout."""
+
+    timeout = WITHIN
 
     def __init__(self, lan: NetnsLan, device: str, *, topics: tuple[bytes, ...] = (TOPIC,),
                  mdns: bool = True, peers: tuple[tuple[str, int], ...] = (), idle: float = 20.0) -> None:
-        self.device = device
         options = {"name": f"dev-{device}", "seed": seed(device).hex(), "port": PORT,
                    "topics": [t.hex() for t in topics], "mdns": mdns,
                    "peers": [list(p) for p in peers], "idle": idle}
-        self.process = lan.python(device, "-c", AGENT, json.dumps(options))
-        self.events: list[dict[str, Any]] = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(device, lan.python(device, "-c", AGENT, json.dumps(options)))
         self.key = self.wait_for("started", timeout=20)["key"]
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.events.append(json.loads(line))
-                self.changed.notify_all()
-
-    def send(self, command: str) -> int:
-        with self.changed:
-            start = len(self.events)
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return start
-
-    def wait_for(self, kind: str, timeout: float = WITHIN, since: int = 0, **match: Any) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            for event in self.events[since:]:
-                if event["event"] == kind and all(event.get(k) == v for k, v in match.items()):
-                    return event
-            return None
-
-        with self.changed:
-            if not self.changed.wait_for(lambda: found() is not None, timeout=timeout):
-                raise AssertionError(f"{self.device}: no {kind} event matching {match} in {timeout} s;"
-                                     f" saw {self.events[since:]}")
-            return found()  # type: ignore[return-value]
-
-    def mark(self) -> int:
-        with self.changed:
-            return len(self.events)
 
     def connections(self) -> list[str]:
         start = self.send("status")
