@@ -2,7 +2,7 @@
 
 Needs `make image` first (build/hyperpi-<version>-arm64.img) and qemu-system-aarch64. Collected
 only when HYPERPI_IMAGE_TEST=1 (tests/image/conftest.py): one boot under full emulation takes
-minutes, so plain `make test` leaves it out until CI can afford it.
+minutes, so plain `make test` leaves it out; CI runs it through `make image-test` (.ci/run).
 
 One boot of a freshly provisioned copy checks, in order:
 1. the service reports ready on the serial console;
