@@ -36,6 +36,17 @@ async def press(pin: object, hold: bool = False) -> None:
     await asyncio.sleep(0.02)  # let call_soon_threadsafe deliver
 
 
+def mock_buttons(service: DeviceService, board: str) -> Buttons:
+    """The board's buttons on gpiozero's mock pins, feeding the service on the running loop."""
+    return Buttons(
+        get_board(board).buttons,
+        service.handle_button,
+        asyncio.get_running_loop(),
+        hold_time=HOLD,
+        pin_factory=MockFactory(),
+    )
+
+
 def texts(core: Core) -> list[str]:
     return [json.loads(core.get(i))["text"] for i in range(core.length)]
 
@@ -45,13 +56,7 @@ def test_cycle_and_send_append_the_selected_preset(tmp_path: Path, board: str) -
     async def scenario() -> None:
         service, store = make_service(tmp_path, board)
         spec = get_board(board)
-        buttons = Buttons(
-            spec.buttons,
-            service.handle_button,
-            asyncio.get_running_loop(),
-            hold_time=HOLD,
-            pin_factory=MockFactory(),
-        )
+        buttons = mock_buttons(service, board)
         next_name = next(b.name for b in spec.buttons if b.press == "next")
         send_name = next(b.name for b in spec.buttons if b.press == "send")
         service.app.mode = "chat"
@@ -74,13 +79,7 @@ def test_cycle_and_send_append_the_selected_preset(tmp_path: Path, board: str) -
 def test_hold_opens_pairing_and_any_press_returns(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store = make_service(tmp_path, "display-hat-mini")
-        buttons = Buttons(
-            get_board("display-hat-mini").buttons,
-            service.handle_button,
-            asyncio.get_running_loop(),
-            hold_time=HOLD,
-            pin_factory=MockFactory(),
-        )
+        buttons = mock_buttons(service, "display-hat-mini")
         service.app.mode = "chat"
         await press(buttons.pin("A"), hold=True)
         assert service.app.mode == "pairing"
@@ -96,13 +95,7 @@ def test_hold_opens_pairing_and_any_press_returns(tmp_path: Path) -> None:
 def test_splash_then_chat_and_scrolling(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store = make_service(tmp_path, "display-hat-mini")
-        buttons = Buttons(
-            get_board("display-hat-mini").buttons,
-            service.handle_button,
-            asyncio.get_running_loop(),
-            hold_time=HOLD,
-            pin_factory=MockFactory(),
-        )
+        buttons = mock_buttons(service, "display-hat-mini")
         assert service.app.mode == "splash"
         await press(buttons.pin("X"))  # any press leaves the splash
         assert service.app.mode == "chat"
@@ -124,13 +117,7 @@ def test_splash_then_chat_and_scrolling(tmp_path: Path) -> None:
 def test_two_button_board_scrolls_with_a_hold(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store = make_service(tmp_path, "mini-pitft")
-        buttons = Buttons(
-            get_board("mini-pitft").buttons,
-            service.handle_button,
-            asyncio.get_running_loop(),
-            hold_time=HOLD,
-            pin_factory=MockFactory(),
-        )
+        buttons = mock_buttons(service, "mini-pitft")
         service.app.mode = "chat"
         service.append_chat("one")
         service.append_chat("two")
