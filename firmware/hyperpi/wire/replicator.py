@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hyperpi.hypercore import Core, ProofUnavailable, VerificationError, flat_tree
-from hyperpi.hypercore.errors import INVALID_REQUEST, NOT_AVAILABLE
+from hyperpi.hypercore.errors import INVALID_REQUEST
 from hyperpi.hypercore.types import BlockRequest, Proof, ProofRequest, UpgradeRequest
 
 from .errors import WireError
