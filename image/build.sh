@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the hyperpi SD card image (Debian bookworm arm64 for the Raspberry Pi 3, 4, Zero 2 W).
+# Builds the hyperpi SD card image (Debian 13 trixie arm64 for the Raspberry Pi 3B/3B+/4B, Zero 2 W).
 #
 #   image/build.sh            (or `make image`)
 #
@@ -11,7 +11,9 @@
 #     inputs, so a rebuild with unchanged packages skips it (the slow part: dpkg under emulation);
 #     each build works on a copy of it.
 #  2. hyperpi itself: a wheel of this checkout installed into a venv in the image
-#     (/opt/hyperpi/venv, seeing Debian's python3 packages), then assembly.
+#     (/opt/hyperpi/venv, seeing Debian's python3 packages), the board overlay
+#     (image/overlay/hyperpi.dts, checked against every Pi DTB), the Wi-Fi firmware check
+#     (image/wifi-firmware.txt), then assembly.
 #
 # Assembly uses no loop devices and no mounts: sfdisk writes the MBR into a sparse file,
 # mkfs.vfat + mtools make the FAT32 boot partition in a file of its own, mke2fs -d makes the
@@ -19,7 +21,7 @@
 #
 # Needs: root (dpkg in the new root must chown files; mmdebstrap bind-mounts /proc, /sys and /dev
 # into that root while packages install, but the image itself is never mounted),
-# mmdebstrap, qemu-user-static with binfmt_misc (to run arm64 maintainer scripts on this host;
+# mmdebstrap, device-tree-compiler (dtc, fdtoverlay), qemu-user-static with binfmt_misc (to run arm64 maintainer scripts on this host;
 # the script registers qemu-aarch64 itself when binfmt_misc is available), fdisk (sfdisk),
 # dosfstools, mtools, e2fsprogs, xz-utils, bmap-tools, and network access to the Debian mirror
 # and PyPI. image/deps.sh installs the Debian packages (`make image` runs it).
@@ -30,7 +32,7 @@ REPO=$(cd "$HERE/.." && pwd)
 BUILD=${HYPERPI_BUILD_DIR:-$REPO/build}
 CACHE=$BUILD/cache
 WORK=$BUILD/work
-SUITE=bookworm
+SUITE=trixie
 MIRROR=${HYPERPI_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${HYPERPI_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
@@ -56,10 +58,10 @@ python_bin() {
 preflight() {
     [ "$(id -u)" -eq 0 ] || die "run as root: dpkg inside the new root must set file owners (the image is never mounted)"
     local missing=()
-    for tool in mmdebstrap sfdisk mkfs.vfat mcopy mmd mke2fs xz bmaptool sha256sum qemu-aarch64-static; do
+    for tool in mmdebstrap dtc fdtoverlay fdtget sfdisk mkfs.vfat mcopy mmd mke2fs xz bmaptool sha256sum qemu-aarch64-static; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
-    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]}; on Debian: apt-get install mmdebstrap qemu-user-static fdisk dosfstools mtools e2fsprogs xz-utils bmap-tools"
+    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]}; on Debian: apt-get install mmdebstrap device-tree-compiler qemu-user-static fdisk dosfstools mtools e2fsprogs xz-utils bmap-tools"
     setup_binfmt
 }
 
@@ -141,9 +143,13 @@ install_hyperpi() {
     cp /etc/resolv.conf "$resolv"
     cp "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$rootfs$ca"
     local clean_env=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root LANG=C.UTF-8
-                     PIP_CERT=$ca PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 PIP_NO_CACHE_DIR=1)
+                     "PIP_CERT=$ca" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 PIP_NO_CACHE_DIR=1)
     chroot "$rootfs" "${clean_env[@]}" python3 -m venv --system-site-packages "$VENV"
-    chroot "$rootfs" "${clean_env[@]}" "$VENV/bin/pip" install --quiet "/tmp/$(basename "$wheel")"
+    # --find-links: the lgpio wheel built with the Debian layer (hooks/lgpio-wheel.sh).
+    chroot "$rootfs" "${clean_env[@]}" "$VENV/bin/pip" install --quiet --find-links /opt/hyperpi/wheels \
+        "/tmp/$(basename "$wheel")"
+    chroot "$rootfs" "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("lgpio") >= "0.2.2"' \
+        || die "the image's venv has no working lgpio >= 0.2.2"
     rm -f "$resolv" "$rootfs$ca" "$rootfs/tmp/$(basename "$wheel")"
     if [ -n "$saved" ]; then mv "$saved" "$resolv"; fi
     ln -sf "$VENV/bin/hyperpi-device" "$rootfs/usr/local/bin/hyperpi-device"
@@ -163,11 +169,14 @@ install_service() {
     chroot "$rootfs" systemctl enable --quiet hyperpi-device.service
 }
 
+# The newest kernel version in a root folder (its /boot/vmlinuz-VERSION).
+kernel_version() { find "$1/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -1; }
+
 # config.txt and cmdline.txt as raspi-firmware's hooks write them on the device, in case the
 # hooks did not run in the chroot.
 boot_files() {
     local rootfs=$1 fw=$1/boot/firmware kver
-    kver=$(ls "$rootfs/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
+    kver=$(kernel_version "$rootfs")
     [ -n "$kver" ] || die "no kernel in the image"
     if [ ! -e "$fw/start.elf" ]; then cp -a "$rootfs/usr/lib/raspi-firmware/." "$fw/"; fi
     [ -e "$fw/vmlinuz-$kver" ] || cp "$rootfs/boot/vmlinuz-$kver" "$fw/"
@@ -188,6 +197,54 @@ EOF
         echo "console=ttyS1,115200 console=tty0 root=PARTUUID=${DISK_ID#0x}-02 rw fsck.repair=yes net.ifnames=0 cma=64M rootwait" \
             > "$fw/cmdline.txt"
     fi
+}
+
+# The board overlay: compiled here, applied with fdtoverlay to every Pi DTB the image ships (the
+# build fails if one does not take it), then put where the firmware's `dtoverlay=hyperpi` finds it.
+# Pi DTBs: 3B, 3B+, 4B, Zero 2 W (the boards hyperpi supports) and their close kin in the package.
+PI_DTBS="bcm2837-rpi-3-b bcm2837-rpi-3-b-plus bcm2837-rpi-3-a-plus bcm2711-rpi-4-b bcm2711-rpi-400 bcm2837-rpi-zero-2-w"
+install_overlay() {
+    local rootfs=$1 kver dtbs dtbo=$WORK/hyperpi.dtbo name merged
+    kver=$(kernel_version "$rootfs")
+    dtbs=$rootfs/usr/lib/linux-image-$kver/broadcom
+    log "overlay: image/overlay/hyperpi.dts against the DTBs of $kver"
+    dtc -q -@ -I dts -O dtb -o "$dtbo" "$HERE/overlay/hyperpi.dts" || die "image/overlay/hyperpi.dts does not compile"
+    for name in $PI_DTBS; do
+        [ -e "$dtbs/$name.dtb" ] || die "$name.dtb is missing from linux-image-$kver"
+        merged=$WORK/$name-merged.dtb
+        fdtoverlay -i "$dtbs/$name.dtb" -o "$merged" "$dtbo" || die "hyperpi.dtbo does not apply to $name.dtb"
+        [ "$(fdtget "$merged" /soc/spi@7e204000 status)" = okay ] || die "$name: SPI0 still disabled after the overlay"
+        [ "$(fdtget "$merged" /aliases i2c1)" = /soc/i2c@7e804000 ] || die "$name: no i2c1 alias after the overlay"
+        rm -f "$merged"
+    done
+    install -D -m 0644 "$dtbo" "$rootfs/boot/firmware/overlays/hyperpi.dtbo"
+    grep -qx 'dtoverlay=hyperpi' "$rootfs/etc/default/raspi-firmware-custom" \
+        || die "/etc/default/raspi-firmware-custom does not enable the overlay"
+}
+
+# Every file brcmfmac asks for on each supported board (image/wifi-firmware.txt) is in the image.
+check_wifi_firmware() {
+    local rootfs=$1 brcm=$1/usr/lib/firmware/brcm board name status missing=()
+    log "Wi-Fi firmware: image/wifi-firmware.txt"
+    have() { local f; for f in "$@"; do [ -e "$brcm/$f" ] || [ -e "$brcm/$f.zst" ] || [ -e "$brcm/$f.xz" ] && return 0; done; return 1; }
+    while read -r board name status; do
+        case "$status" in
+        required)
+            have "$name.bin" || missing+=("$name.bin ($board)")
+            have "$name.$board.txt" "$name.txt" || missing+=("$name.$board.txt ($board)")
+            have "$name.$board.clm_blob" "$name.clm_blob" || missing+=("$name.clm_blob ($board)")
+            ;;
+        unavailable)
+            if have "$name.bin"; then
+                echo "build.sh: note: $name.bin is now in the image; mark it required in image/wifi-firmware.txt" >&2
+            else
+                echo "build.sh: note: no $name.bin in Debian: $board boards with that chip have no Wi-Fi" >&2
+            fi
+            ;;
+        *) die "image/wifi-firmware.txt: unknown status '$status' for $board" ;;
+        esac
+    done < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$HERE/wifi-firmware.txt")
+    [ ${#missing[@]} -eq 0 ] || die "Wi-Fi firmware missing from the image: ${missing[*]}"
 }
 
 assemble() {
@@ -256,11 +313,13 @@ main() {
     rm -rf "$rootfs"
     cp -a --reflink=auto "$layer" "$rootfs"
     install_hyperpi "$rootfs" "$version"
+    install_overlay "$rootfs"
+    check_wifi_firmware "$rootfs"
     local img=$BUILD/hyperpi-$version-arm64.img
     assemble "$rootfs" "$img"
     rm -rf "$rootfs"
     publish "$img"
-    log "done in $((SECONDS - started)) s (Debian layer $stage1 s): $(ls -1 "$BUILD" | grep -E '^hyperpi-|SHA256SUMS' | paste -sd' ')"
+    log "done in $((SECONDS - started)) s (Debian layer $stage1 s): $(cd "$BUILD" && echo hyperpi-* SHA256SUMS)"
 }
 
 main "$@"

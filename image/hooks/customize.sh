@@ -10,7 +10,7 @@ in_root() { chroot "$root" "$@"; }
 # The service user: fixed uid/gid so `hyperpi provision` can own secret files without
 # reading the image's /etc/passwd. Keep in sync with SERVICE_UID in host/hyperpi_host/provision.py.
 in_root groupadd --system --gid 990 hyperpi
-for g in gpio spi i2c; do in_root groupadd --system "$g"; done
+for g in gpio spi i2c; do in_root getent group "$g" >/dev/null || in_root groupadd --system "$g"; done
 in_root useradd --system --uid 990 --gid hyperpi --groups gpio,spi,i2c,video \
     --home-dir /var/lib/hyperpi --no-create-home --shell /usr/sbin/nologin hyperpi
 install -d -m 0700 -o 990 -g 990 "$root/var/lib/hyperpi"
@@ -33,6 +33,11 @@ in_root systemctl enable --quiet systemd-networkd.service systemd-resolved.servi
 # A machine-id per card, made on first boot (an empty file tells systemd to make one).
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
+
+# lgpio, gpiozero's pin backend on Debian's kernel (GPIO character device): PyPI has no wheel for
+# Debian 13's Python 3.13 on arm64, so build one from the pinned sdist, statically linked (PYPI=1),
+# with build tools installed for that step only. Stage 2 installs it from /opt/hyperpi/wheels.
+"$here/lgpio-wheel.sh" "$root"
 
 # The initramfs, once (see essential.sh). zstd: fast to make under emulation and to unpack on a Pi.
 rm -f "$root/usr/sbin/update-initramfs"

@@ -21,6 +21,9 @@ class ButtonSpec:
     pin: int  # BCM GPIO number; pressed pulls the pin low (all these boards wire buttons to GND)
     press: Action
     hold: Action = "pair"  # a long press on any button opens the pairing screen, unless noted
+    # True: pressed pulls the pin low against the SoC's pull-up (every HAT here). None: no pull,
+    # the line is driven and pressed reads high (the emulated test board's power-button line).
+    pull_up: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,19 @@ HEADLESS = Board(
     buttons=(ButtonSpec("next", 5, "next"), ButtonSpec("send", 6, "send", hold="up")),
 )
 
-BOARDS: dict[str, Board] = {b.name: b for b in (DISPLAY_HAT_MINI, MINI_PITFT, OLED_BONNET, HDMI, HEADLESS)}
+# For the emulated-hardware test only (tests/image/test_boot.py): QEMU's `virt` machine pulses line 3
+# of its PL061 GPIO controller (gpiochip0 there) high for ~100 ms on a QMP `system_powerdown`.
+QEMU_VIRT_TEST = Board(
+    name="qemu-virt-test",
+    description="test only: QEMU virt's PL061 line 3 (the emulated power button) sends a message",
+    display=None,
+    buttons=(ButtonSpec("power", 3, "send", hold="send", pull_up=None),),
+    source="QEMU hw/arm/virt.c: the power button is PL061 GPIO 3, pulsed by system_powerdown",
+)
+
+BOARDS: dict[str, Board] = {
+    b.name: b for b in (DISPLAY_HAT_MINI, MINI_PITFT, OLED_BONNET, HDMI, HEADLESS, QEMU_VIRT_TEST)
+}
 
 
 def get_board(name: str) -> Board:

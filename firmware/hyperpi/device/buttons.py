@@ -16,6 +16,7 @@ from typing import Any
 from gpiozero import Button
 
 from .boards import ButtonSpec
+from .gpio import close_quietly
 
 HOLD_SECONDS = 1.0  # gpiozero's default hold_time; long enough that a firm press is not a hold
 # Tactile switches bounce for a few ms; 20 ms of stable level is well under a deliberate tap
@@ -47,7 +48,8 @@ class Buttons:
         for spec in specs:
             button = Button(
                 spec.pin,
-                pull_up=True,
+                pull_up=spec.pull_up,
+                active_state=None if spec.pull_up is not None else True,
                 bounce_time=BOUNCE_SECONDS,
                 hold_time=hold_time,
                 pin_factory=pin_factory,
@@ -77,6 +79,6 @@ class Buttons:
         return self.buttons[name].pin
 
     def close(self) -> None:
-        for button in self.buttons.values():
-            button.close()
+        for name, button in self.buttons.items():
+            close_quietly(button.close, f"button {name}")
         self.buttons.clear()

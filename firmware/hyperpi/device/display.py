@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from .boards import Board
+from .gpio import close_quietly
 from .render import Screen
 
 # A full 320x240 RGB frame over SPI takes about 40 ms at luma's 32 MHz and a 128x64 frame over
@@ -151,6 +152,5 @@ class Display:
             self.last_frame.save(path)
 
     def close(self) -> None:
-        cleanup = getattr(self.device, "cleanup", None)
-        if cleanup is not None:
-            cleanup()
+        if hasattr(self.device, "cleanup"):  # luma blanks the panel and releases its pins
+            close_quietly(self.device.cleanup, "the display")

@@ -32,7 +32,7 @@ from typing import Any
 
 from hyperpi.hypercore import Core, HypercoreError, KeyPair, StorageError, Store, generate_keypair
 
-from . import memory, notify
+from . import gpio, memory, notify
 from .boards import get_board
 from .buttons import Buttons
 from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
@@ -140,9 +140,16 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     board = get_board(config.board).with_pins(config.buttons)
 
+    # One pin factory for the panel's DC/backlight pins and the buttons (gpio.py).
+    factory = None
+    try:
+        factory = gpio.pin_factory(args.simulate)
+    except gpio.GpioError as e:  # the chat still replicates; --check says what to fix
+        log.error("no GPIO: %s", e)
+
     display = None
     try:
-        device = open_device(board, dummy=args.simulate)
+        device = open_device(board, dummy=args.simulate, pin_factory=factory)
         display = Display(device) if device is not None else None
     except Exception as e:  # a missing or unwired panel must not stop the chat service
         log.error("no screen: cannot open the %s display: %s", board.name, e)
@@ -151,16 +158,12 @@ async def run(
     service = DeviceService(config, store, own, display=display, state_dir=args.state_dir or config.state_dir)
     log.info("device %s (%s), feed %s", config.name, board.name, own.key.hex())
 
-    pin_factory = None
-    if args.simulate:
-        from gpiozero.pins.mock import MockFactory
-
-        pin_factory = MockFactory()
     buttons = None
-    try:
-        buttons = Buttons(board.buttons, service.handle_button, loop, pin_factory=pin_factory)
-    except Exception as e:  # not on a Pi, or GPIO busy: the service still replicates and shows
-        log.error("no buttons: %s", e)
+    if factory is not None:
+        try:
+            buttons = Buttons(board.buttons, service.handle_button, loop, pin_factory=factory)
+        except Exception as e:  # GPIO busy or a pin the board lacks: the service still replicates and shows
+            log.error("no buttons: %s", e)
 
     if display is not None and args.frames:
         args.frames.mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,8 @@ async def run(
     if buttons is not None:
         buttons.close()
     service.close()
+    if factory is not None:
+        gpio.close_quietly(factory.close, "the GPIO pins")
     return 0
 
 
