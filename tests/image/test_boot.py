@@ -1,19 +1,26 @@
-"""Boot the real image on an emulated Raspberry Pi 3 and chat with it (`make image-test` only).
+"""Boot the real image in QEMU 10 and check the Pi's hardware path and the chat (`make image-test` only).
 
-Needs `make image` first (build/hyperpi-<version>-arm64.img) and qemu-system-aarch64. Collected
-only when HYPERPI_IMAGE_TEST=1 (tests/image/conftest.py): one boot under full emulation takes
-minutes, so plain `make test` leaves it out; CI runs it through `make image-test` (.ci/run).
+Needs `make image` first (build/hyperpi-<version>-arm64.img), qemu-system-aarch64 10 (image/deps.sh)
+and root (the host answers the guest's NTP on port 123). Collected only when HYPERPI_IMAGE_TEST=1
+(tests/image/conftest.py): each boot under full emulation takes minutes.
 
-One boot of a freshly provisioned copy checks, in order:
-1. the service reports ready on the serial console;
-2. `hyperpi chat view DEVICE_KEY --peer 127.0.0.1:PORT` (PORT forwarded to the device's
-   replication port) receives the device's boot message;
-3. a `hyperpi chat write` from the host, whose feed the device follows from provisioning, shows
-   up in the device's log ("message from ...");
-4. the booted system's own report: secret files 0600 and owned by the service user, no secret
-   bytes on the FAT partition device, SSH host keys present, the root fs grown, the journal in
-   RAM, no account with a password.
-A second fresh copy of the same provisioned image is booted to compare SSH host keys.
+1. Emulated Pi 3 (raspi3b), overlay-merged DTB as the firmware would pass it, an SSD130x-style OLED
+   model at 0x3C on I2C1, a card provisioned for the Display HAT Mini:
+   - the service reports ready; the host's `hyperpi chat view` gets the device's boot message and
+     the host's `hyperpi chat write` shows up in the device's log;
+   - /dev/spidev0.0, /dev/spidev0.1, /dev/i2c-1, /dev/gpiochip0 exist with groups spi/i2c/gpio,
+     i2c-dev is loaded, and the service (its own user) sent whole frames over the emulated SPI
+     controller (the kernel's SPI statistics) with no GPIO, button or display error;
+   - `hyperpi-device --check` as the service user passes for the Display HAT Mini, then for the
+     OLED Bonnet, whose service then sends its frames over I2C to the OLED model;
+   - hardening: secrets 0600 owned by the service user, none on the FAT partition, SSH host
+     keys, root grown, journal in RAM, no password.
+2. A second copy booted with the stock DTB (no overlay): its own SSH host keys, and `--check`
+   fails with the spidev line that names the overlay.
+3. QEMU `virt` with the image's kernel and root, settings `board = "qemu-virt-test"`: QMP
+   `system_powerdown` pulses the PL061 line, a real edge through the kernel's GPIO character
+   device, lgpio, gpiozero and the service, which appends its first preset; the host's `hyperpi
+   chat view` receives it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,11 +47,25 @@ PORT = 49737  # the device's replication port (hyperpi.device.config.DEFAULT_POR
 # service start in minutes, not seconds. Generous, as a slow boot is not what this test judges.
 BOOT_TIMEOUT_S = 1800
 CHAT_TIMEOUT_S = 300
-RESULTS = ROOT / "tests" / "bench" / "results" / "image_boot.json"
+FRAME_BYTES = 320 * 240 * 2  # one RGB565 frame of the Display HAT Mini
+# The host side talks to the emulated machine through the forwarded loopback port only: no mDNS.
+LOOPBACK_ONLY = ["--listen", "127.0.0.1:0", "--no-mdns"]
 
 
 def hyperpi(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True, check=False, **kwargs)
+    return subprocess.run([sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True,
+                          check=False, **kwargs)
+
+
+def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "write", "--store", str(store),
+                             "--nick", "host", *LOOPBACK_ONLY, *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def chat_view(key: str, store: Path, peer: str, count: int, **kwargs) -> subprocess.CompletedProcess[str]:
+    return hyperpi("chat", "view", key, "--store", str(store), "--peer", peer, *LOOPBACK_ONLY, "--json",
+                   "--exit-after", str(count), timeout=CHAT_TIMEOUT_S, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -53,36 +74,57 @@ def built_image() -> Path:
     if not images:
         pytest.fail("no build/hyperpi-*-arm64.img: run `make image` first (make image-test does)")
     if shutil.which("qemu-system-aarch64") is None:
-        pytest.fail("qemu-system-aarch64 missing: apt-get install qemu-system-arm")
+        pytest.fail("qemu-system-aarch64 missing: run image/deps.sh")
     return images[-1]
 
 
-@pytest.mark.timeout(2 * BOOT_TIMEOUT_S + 4 * CHAT_TIMEOUT_S)
-def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def ntp() -> Iterator[qemu_boot.NtpResponder]:
+    responder = qemu_boot.NtpResponder()
+    yield responder
+    responder.close()
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HYPERPI_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def provision(image: Path, card: Path, name: str, board: str, *extra: str) -> dict:
+    done = hyperpi("provision", str(image), "-o", str(card), "--device", name, "--board", board,
+                   "--listen-port", str(PORT), *extra)
+    assert done.returncode == 0, done.stderr
+    return json.loads((Path(os.environ["HYPERPI_HOME"]) / "devices" / f"{name}.json").read_text())
+
+
+def workdir(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
+@pytest.mark.timeout(2 * BOOT_TIMEOUT_S + 6 * CHAT_TIMEOUT_S)
+def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home: Path,
+                                         ntp: qemu_boot.NtpResponder) -> None:
     host_store = tmp_path / "host-feed"
-    # The host's feed: `chat write` creates it and prints its key first; stopped right after.
-    creator = chat_write(host_store, [])
+    creator = chat_write(host_store, [])  # creates the host's feed and prints its key first
     host_key = creator.stdout.readline().strip()
     creator.terminate()
     creator.wait(60)
     assert host_key, creator.stderr.read()
-
     card = tmp_path / "card.img"
-    done = hyperpi("provision", str(built_image), "-o", str(card), "--device", "qemu-pi", "--board", "headless",
-                   "--follow", f"host={host_key}", "--listen-port", str(PORT))
-    assert done.returncode == 0, done.stderr
-    record = json.loads((tmp_path / "home" / "devices" / "qemu-pi.json").read_text())
+    record = provision(built_image, card, "qemu-pi", "display-hat-mini", "--follow", f"host={host_key}")
     marker = f"hello from the host {os.getpid()}"
+    plan = {"wait_s": BOOT_TIMEOUT_S, "marker": marker, "ntp": True,
+            "checks": [{"board": "display-hat-mini"}, {"board": "oled-bonnet", "restart": True}]}
 
-    pi = qemu_boot.Raspi3(card, _workdir(tmp_path, "boot1"), PORT, check=True, marker=marker)
+    pi = qemu_boot.Machine(card, workdir(tmp_path, "boot1"), PORT, plan=plan, oled=True)
     pi.start()
     try:
-        ready_s = pi.wait_for(re.escape(qemu_boot.READY_LINE), BOOT_TIMEOUT_S)
+        pi.wait_for(re.escape(qemu_boot.READY_LINE), BOOT_TIMEOUT_S)
         peer = f"127.0.0.1:{pi.host_port}"
-
-        view = hyperpi("chat", "view", record["feed_key"], "--store", str(tmp_path / "view"), "--peer", peer,
-                       *LOOPBACK_ONLY, "--json", "--exit-after", "1", timeout=CHAT_TIMEOUT_S)
+        view = chat_view(record["feed_key"], tmp_path / "view", peer, 1)
         assert view.returncode == 0, view.stderr
         boot_message = json.loads(view.stdout.splitlines()[0])
         assert boot_message["type"] == "chat" and boot_message["text"], boot_message
@@ -95,12 +137,34 @@ def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch:
         finally:
             writer.terminate()
             writer.wait(60)
-
-        pi.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "facts", CHAT_TIMEOUT_S)
-        facts = pi.facts()
+        pi.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "done", 3 * CHAT_TIMEOUT_S)
+        facts, checks = pi.report("facts"), pi.report("checks")
         pi.wait_for(re.escape(qemu_boot.POWER_DOWN), CHAT_TIMEOUT_S)
     finally:
         pi.stop()
+
+    # The board's buses and pins, as the service user sees them.
+    nodes = facts["nodes"]
+    assert {n: nodes.get(n, {}).get("group") for n in qemu_boot.GUEST_NODES} == {
+        "/dev/spidev0.0": "spi", "/dev/spidev0.1": "spi", "/dev/i2c-1": "i2c", "/dev/gpiochip0": "gpio"}, nodes
+    assert "i2c_dev" in facts["modules"]
+    assert {"gpio", "spi", "i2c", "video"} <= set(facts["service_user_groups"])
+    assert facts["spi_bytes_tx"].get("spi0.1", 0) >= FRAME_BYTES, facts["spi_bytes_tx"]
+    log = "\n".join(facts["service_log"])
+    assert "display: first frame sent (st7789 320x240)" in log, log
+    assert not re.search(r"no GPIO|no buttons|no screen|frame not sent|Traceback", log), log
+    assert facts["timesync"] is True and ntp.answered > 0
+
+    hat, oled = checks
+    assert hat["exit"] == 0 and hat["lines"][-1].startswith("check:"), hat
+    assert all(line.startswith("ok") for line in hat["lines"][:-1]), hat
+    assert any(re.match(r"ok\s+spi\b", line) for line in hat["lines"]), hat
+    assert oled["exit"] == 0 and all(line.startswith("ok") for line in oled["lines"][:-1]), oled
+    assert any(re.match(r"ok\s+i2c\b.*0x3c", line) for line in oled["lines"]), oled
+    assert oled["active"] == "active"
+    oled_log = "\n".join(oled["service_log"])
+    assert "display: first frame sent (ssd1306 128x64)" in oled_log, oled_log
+    assert "frame not sent" not in oled_log, oled_log
 
     for path in ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret"):
         assert facts[path] == {"mode": "0o600", "uid": 990, "gid": 990}, (path, facts[path])
@@ -112,32 +176,44 @@ def test_boot_chat_and_hardening(built_image: Path, tmp_path: Path, monkeypatch:
     assert facts["root_size"] > shipped_root + (256 << 20), "the root fs grew to the (padded) card"
     assert facts["passwords"] == [] and facts["journal_storage"] is False
 
-    # A second fresh copy of the same provisioned image makes its own SSH host keys.
-    second = qemu_boot.Raspi3(card, _workdir(tmp_path, "boot2"), PORT, check=True)
+    # A second copy of the same card on a Pi whose firmware did not apply the overlay.
+    second = qemu_boot.Machine(card, workdir(tmp_path, "boot2"), PORT, overlay=False,
+                               plan={"wait_s": BOOT_TIMEOUT_S, "checks": [{"board": "display-hat-mini"}]})
     second.start()
     try:
-        second.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "facts", BOOT_TIMEOUT_S)
-        facts2 = second.facts()
+        second.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "done", BOOT_TIMEOUT_S)
+        facts2, (bare,) = second.report("facts"), second.report("checks")
     finally:
         second.stop()
     assert facts2["ssh_host_keys"] and not set(facts2["ssh_host_keys"]) & set(facts["ssh_host_keys"])
-
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"boot_to_ready_s": round(ready_s, 1), "image": built_image.name,
-                                   "measured_at": int(time.time())}, indent=2) + "\n")
-
-
-# The host side talks to the emulated Pi through the forwarded loopback port only: no mDNS.
-LOOPBACK_ONLY = ["--listen", "127.0.0.1:0", "--no-mdns"]
+    assert "/dev/spidev0.1" not in facts2["nodes"]
+    assert bare["exit"] == 1, bare
+    assert any(re.match(r"FAIL.*spidev0\.1.*overlay", line) for line in bare["lines"]), bare
 
 
-def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "write", "--store", str(store),
-                             "--nick", "host", *LOOPBACK_ONLY, *extra],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _workdir(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    path.mkdir()
-    return path
+@pytest.mark.timeout(BOOT_TIMEOUT_S + 3 * CHAT_TIMEOUT_S)
+def test_button_edge_on_virt_reaches_the_host(built_image: Path, tmp_path: Path, home: Path) -> None:
+    card = tmp_path / "virt.img"
+    record = provision(built_image, card, "qemu-virt", "qemu-virt-test")
+    vm = qemu_boot.Machine(card, workdir(tmp_path, "virt"), PORT, machine="virt")
+    vm.start()
+    try:
+        vm.wait_for(re.escape(qemu_boot.READY_LINE), BOOT_TIMEOUT_S)
+        peer = f"127.0.0.1:{vm.host_port}"
+        first = chat_view(record["feed_key"], tmp_path / "view", peer, 1)
+        assert first.returncode == 0, first.stderr
+        viewer = subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "view", record["feed_key"],
+                                   "--store", str(tmp_path / "view"), "--peer", peer, *LOOPBACK_ONLY, "--json",
+                                   "--exit-after", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            vm.qmp("system_powerdown")  # the emulated power button: PL061 line 3 high for ~100 ms
+            out, err = viewer.communicate(timeout=CHAT_TIMEOUT_S)
+        finally:
+            viewer.kill()
+        vm.wait_for(r"sent #1: ", CHAT_TIMEOUT_S)
+        assert vm.proc is not None and vm.proc.poll() is None, "the press must not power the machine off"
+    finally:
+        vm.stop()
+    assert viewer.returncode == 0, err
+    pressed = json.loads(out.splitlines()[-1])
+    assert pressed["type"] == "chat" and pressed["text"] == "Hello!" and pressed["nick"] == "qemu-virt", pressed

@@ -7,6 +7,7 @@ as a PIL image. Frames come from render.py and never know which device shows the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from PIL import Image
 from .boards import Board
 from .gpio import close_quietly
 from .render import Screen
+
+log = logging.getLogger("hyperpi.device")
 
 # A full 320x240 RGB frame over SPI takes about 40 ms at luma's 32 MHz and a 128x64 frame over
 # 400 kHz I2C about 25 ms: ten frames a second leaves the CPU mostly idle on a Pi Zero 2 W.
@@ -127,6 +130,7 @@ class Display:
         self._last_time = float("-inf")
         self.last_frame: Image.Image | None = None
         self.frames_shown = 0
+        self.failing: str | None = None  # the last error while frames do not reach the panel
 
     def wait_time(self) -> float:
         """Seconds until another frame may be shown (0 when one may be shown now)."""
@@ -139,9 +143,19 @@ class Display:
         data = image.tobytes()
         if data == self._last_bytes:
             return False
-        self.device.display(image)
+        self._last_time = self._clock()  # a failed frame waits its turn too: no busy retries
+        try:
+            self.device.display(image)
+        except Exception as e:  # a loose or missing panel (I2C NACK, SPI error): say so once, keep going
+            if self.failing is None:
+                log.error("display: frame not sent: %s", e)
+            self.failing = str(e)
+            return False
+        if self.frames_shown == 0 or self.failing is not None:
+            log.info("display: %s frame sent (%s %dx%d)", "first" if self.frames_shown == 0 else "again a",
+                     type(self.device).__name__, self.device.width, self.device.height)
+        self.failing = None
         self._last_bytes = data
-        self._last_time = self._clock()
         self.last_frame = image
         self.frames_shown += 1
         return True

@@ -1,0 +1,129 @@
+#!/usr/bin/python3
+"""Test-only: runs inside a booted copy of the image (image/qemu_boot.py adds it), as root.
+
+Reports the booted system on the console as `hyperpi-boot-check: NAME {json}` lines, then exits
+(its unit powers the machine off). What it does comes from plan.json beside it:
+  nodes      device nodes to report (group, mode)
+  wait_s     how long to wait for the service (and the host's marker) at most
+  marker     wait until this text shows in the service's log (the host is done chatting)
+  ntp        wait until systemd-timesyncd has synced (the host answers NTP at 10.0.2.2)
+  checks     [{"board": NAME, "restart": bool}, ...]: for each, stop the service, set the board in
+             the settings, run `hyperpi-device --check` as the service user, and with "restart"
+             start the service again and wait until its first frame went out.
+Standard library only: it runs on the image's own python3.
+"""
+
+import glob
+import grp
+import json
+import os
+import re
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PLAN = json.load(open(os.path.join(HERE, "plan.json")))
+WAIT_S = PLAN.get("wait_s", 1800)
+SETTINGS = "/etc/hyperpi/device.toml"
+SECRETS = ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret")
+
+
+def report(name, value):
+    with open("/dev/console", "w") as console:
+        console.write("hyperpi-boot-check: %s %s\n" % (name, json.dumps(value, sort_keys=True)))
+
+
+def sh(*args):
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
+def wait(what, predicate, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    report("timeout", {"waiting_for": what})
+    return False
+
+
+def service_log(since=""):
+    args = ["journalctl", "-o", "cat", "-u", "hyperpi-device", "--no-pager"]
+    return sh(*args, *(["--since", since] if since else [])).stdout
+
+
+def facts():
+    out = {}
+    for path in SECRETS + ("/etc/wpa_supplicant/wpa_supplicant-wlan0.conf",):
+        if os.path.exists(path):
+            st = os.stat(path)
+            out[path] = {"mode": oct(st.st_mode & 0o7777), "uid": st.st_uid, "gid": st.st_gid}
+    fat = sh("findmnt", "-no", "SOURCE", "/boot/firmware").stdout.strip()
+    secrets = []
+    for path in SECRETS:
+        data = open(path, "rb").read()
+        secrets += [data, data[:32], data.hex().encode()]
+    raw = open(fat, "rb").read()
+    out["fat_device"] = fat
+    out["fat_bytes"] = len(raw)
+    out["secret_on_fat"] = any(s in raw for s in secrets)
+    out["ssh_host_keys"] = sorted(sh("ssh-keygen", "-lf", p).stdout.split()[1]
+                                  for p in glob.glob("/etc/ssh/ssh_host_*_key.pub"))
+    vfs = os.statvfs("/")
+    out["root_size"] = vfs.f_blocks * vfs.f_frsize
+    out["units"] = {u: sh("systemctl", "is-active", u).stdout.strip()
+                    for u in ("hyperpi-device", "hyperpi-ssh-keygen", "hyperpi-growfs", "ssh", "systemd-journald")}
+    out["passwords"] = [line.split(":")[0] for line in open("/etc/shadow")
+                        if line.split(":")[1] not in ("*", "!", "!*", "") and not line.split(":")[1].startswith("!")]
+    out["journal_storage"] = os.path.isdir("/var/log/journal") and bool(os.listdir("/var/log/journal"))
+    out["nodes"] = {}
+    for node in PLAN.get("nodes", []):
+        if os.path.exists(node):
+            st = os.stat(node)
+            out["nodes"][node] = {"group": grp.getgrgid(st.st_gid).gr_name, "mode": oct(st.st_mode & 0o777)}
+    out["modules"] = sorted(line.split()[0] for line in open("/proc/modules"))
+    stats = {}
+    for path in glob.glob("/sys/bus/spi/devices/spi0.*/statistics/bytes_tx"):
+        stats[path.split("/")[5]] = int(open(path).read())
+    out["spi_bytes_tx"] = stats
+    out["i2c_adapters"] = {os.path.basename(p): open(p + "/name").read().strip() for p in glob.glob("/sys/class/i2c-dev/i2c-*")}
+    out["service_user_groups"] = sh("id", "-nG", "hyperpi").stdout.split()
+    out["timesync"] = os.path.exists("/run/systemd/timesync/synchronized")
+    out["service_log"] = service_log().splitlines()[-60:]
+    return out
+
+
+def set_board(board):
+    text = open(SETTINGS).read()
+    with open(SETTINGS, "w") as f:
+        f.write(re.sub(r'^board = ".*"$', 'board = "%s"' % board, text, flags=re.MULTILINE))
+
+
+def run_check(board, restart):
+    sh("systemctl", "stop", "hyperpi-device")
+    set_board(board)
+    done = sh("runuser", "-u", "hyperpi", "--", "/usr/local/bin/hyperpi-device", "--check", "--config", SETTINGS)
+    result = {"board": board, "exit": done.returncode, "lines": done.stdout.splitlines(), "stderr": done.stderr[-2000:]}
+    if restart:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        sh("systemctl", "start", "hyperpi-device")
+        wait("first frame after restart", lambda: "first frame sent" in service_log(since), 300)
+        result["service_log"] = service_log(since).splitlines()[-40:]
+        result["active"] = sh("systemctl", "is-active", "hyperpi-device").stdout.strip()
+    return result
+
+
+def main():
+    wait("hyperpi-device and ssh keys", lambda: sh("systemctl", "is-active", "--quiet", "hyperpi-device",
+                                                   "hyperpi-ssh-keygen").returncode == 0, WAIT_S)
+    if PLAN.get("marker"):
+        wait("the host's marker", lambda: PLAN["marker"] in service_log(), WAIT_S)
+    if PLAN.get("ntp"):
+        wait("NTP sync", lambda: os.path.exists("/run/systemd/timesync/synchronized"), 300)
+    report("facts", facts())
+    checks = [run_check(c["board"], c.get("restart", False)) for c in PLAN.get("checks", [])]
+    report("checks", checks)
+    report("done", {})
+
+
+main()
