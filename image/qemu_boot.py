@@ -130,7 +130,7 @@ class Machine:
 
     def __init__(self, image: Path, workdir: Path, device_port: int, *, machine: str = "raspi3b",
                  host_port: int | None = None, plan: dict[str, Any] | None = None,
-                 overlay: bool = True, oled: bool = False) -> None:
+                 overlay: bool = True, oled: bool = False, service: bool = True) -> None:
         if machine not in ("raspi3b", "raspi4b", "virt"):
             raise BootError(f"unknown machine {machine!r}: raspi3b, raspi4b or virt")
         self.image = image
@@ -141,6 +141,7 @@ class Machine:
         self.plan = plan
         self.overlay = overlay
         self.oled = oled
+        self.service = service
         self.log = workdir / "console.log"
         self.disk = workdir / "sd.img"
         self.qmp_path = workdir / "qmp.sock"
@@ -166,6 +167,9 @@ class Machine:
         dtb = self._dtb(boot)
         if self.plan is not None:
             self._add_guest_check(root)
+        if not self.service:  # the baseline boot: the same card with hyperpi-device disabled
+            ext4fs.debugfs(self.disk, root, ["rm /etc/systemd/system/multi-user.target.wants/hyperpi-device.service"],
+                           write=True)
         common = [
             "-kernel", str(files[kernel.group(1)]), "-initrd", str(files[initrd.group(1)]),
             "-dtb", str(dtb), "-display", "none", "-monitor", "none", "-no-reboot",
@@ -235,9 +239,6 @@ class Machine:
             ext4fs.make_dir(self.disk, root, "/etc/systemd/timesyncd.conf.d", 0o755, 0, 0)
             ext4fs.write_file(self.disk, root, "/etc/systemd/timesyncd.conf.d/test.conf",
                               b"[Time]\nNTP=10.0.2.2\n", 0o644, 0, 0)
-        if self.plan.get("service_disabled"):
-            ext4fs.debugfs(self.disk, root, ["rm /etc/systemd/system/multi-user.target.wants/hyperpi-device.service"],
-                           write=True)
 
     # -- running ------------------------------------------------------------------------------
     def start(self) -> None:

@@ -2,6 +2,10 @@
 
     hyperpi-device [--config /etc/hyperpi/device.toml] [--state-dir DIR]
     hyperpi-device --simulate [--frames DIR]
+    hyperpi-device --check [--config FILE]
+
+`--check` tests the board's hardware and the network, one line per item (selfcheck.py), and exits
+0 when nothing failed, else 1.
 
 `--simulate` runs the same service on a laptop: gpiozero's mock pins instead of GPIO, luma's
 dummy device instead of the panel. Keys typed in the terminal (or lines on a piped stdin) press
@@ -32,7 +36,7 @@ from typing import Any
 
 from hyperpi.hypercore import Core, HypercoreError, KeyPair, StorageError, Store, generate_keypair
 
-from . import gpio, memory, notify
+from . import gpio, memory, notify, selfcheck
 from .boards import get_board
 from .buttons import Buttons
 from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mock GPIO pins driven from the keyboard, screen in the terminal",
     )
     p.add_argument("--frames", type=Path, help="save every new screen frame as a PNG in this folder")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="test the board's devices, GPIO, buttons, screen, network and clock, then exit",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -97,13 +106,20 @@ def load_secret(path: Path) -> KeyPair:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stdout, level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check and args.simulate:
+        parser.error("--check tests the real hardware; it cannot run with --simulate")
+    # Under --check stdout carries only the check's lines; log records go to stderr.
+    log_stream = sys.stderr if args.check else sys.stdout
+    logging.basicConfig(stream=log_stream, level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
     except ConfigError as e:
         print(f"hyperpi-device: {e}", file=sys.stderr)
         return EX_CONFIG
+    if args.check:
+        return selfcheck.main(config, get_board(config.board).with_pins(config.buttons))
     state_dir = args.state_dir or config.state_dir
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -164,6 +180,10 @@ async def run(
             buttons = Buttons(board.buttons, service.handle_button, loop, pin_factory=factory)
         except Exception as e:  # GPIO busy or a pin the board lacks: the service still replicates and shows
             log.error("no buttons: %s", e)
+    if args.simulate:
+        log.info("hardware: simulated (mock pins, dummy display)")
+    else:  # stats device nodes only: the service holds them open
+        log.info("%s", selfcheck.startup_summary(board, factory, display is not None, buttons is not None))
 
     if display is not None and args.frames:
         args.frames.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,9 @@ class Node:
 def needed_nodes(board: Board) -> list[Node]:
     nodes = []
     if board.buttons:
-        nodes.append(Node("gpiochip0", "gpio", "this is not a Raspberry Pi, or its GPIO driver is not loaded"))
+        nodes.append(
+            Node("gpiochip0", "gpio", "this is not a Raspberry Pi, or its GPIO driver is not loaded")
+        )
     spec = board.display
     if spec is not None and spec.driver == "st7789":
         nodes.append(Node(f"spidev{spec.spi_port}.{spec.spi_device}", "spi", OVERLAY_FIX))
@@ -156,6 +158,8 @@ def _node_state(node: Node, env: Environment) -> tuple[str, str]:
         st = path.stat()
     except FileNotFoundError:
         return "missing", ""
+    except OSError as e:  # e.g. a /dev this user cannot search
+        return "no access", f"stat: {e.strerror}"
     group, mode = env.group_name(st.st_gid), st.st_mode & 0o777
     facts = f"group {group}, mode {mode:04o}"
     # The service runs as its own user with the hardware groups: group rw (or world rw) must allow it.
@@ -194,7 +198,11 @@ def check_devices(board: Board, env: Environment) -> list[CheckResult]:
             )
         else:
             results.append(
-                CheckResult(item, False, f"{facts}: {env.user} cannot read and write it; {_access_fix(node.group, env.user)}")
+                CheckResult(
+                    item,
+                    False,
+                    f"{facts}: {env.user} cannot read and write it; {_access_fix(node.group, env.user)}",
+                )
             )
     return results
 
@@ -223,7 +231,13 @@ def check_spi(board: Board, env: Environment) -> list[CheckResult]:
     try:
         bus = env.spi_opener(spec.spi_port, spec.spi_device)
     except ImportError as e:
-        return [CheckResult("spi", False, f"no spidev module ({e}); the image ships python3-spidev, elsewhere `pip install spidev`")]
+        return [
+            CheckResult(
+                "spi",
+                False,
+                f"no spidev module ({e}); the image ships python3-spidev, elsewhere `pip install spidev`",
+            )
+        ]
     except PermissionError:
         return [CheckResult("spi", False, f"{path}: permission denied; {_access_fix('spi', env.user)}")]
     except OSError as e:
@@ -252,7 +266,11 @@ def check_i2c(board: Board, env: Environment) -> list[CheckResult]:
     except FileNotFoundError:
         return [CheckResult("i2c", False, f"/dev/i2c-{spec.i2c_port} missing; {I2C_FIX}")]
     except PermissionError:
-        return [CheckResult("i2c", False, f"/dev/i2c-{spec.i2c_port}: permission denied; {_access_fix('i2c', env.user)}")]
+        return [
+            CheckResult(
+                "i2c", False, f"/dev/i2c-{spec.i2c_port}: permission denied; {_access_fix('i2c', env.user)}"
+            )
+        ]
     except OSError as e:
         return [CheckResult("i2c", False, f"cannot open /dev/i2c-{spec.i2c_port}: {e.strerror or e}")]
     try:
@@ -293,7 +311,11 @@ def check_gpio(env: Environment) -> tuple[list[CheckResult], Any]:
         code, source = env.revision()
     except gpio.GpioError as e:
         return [CheckResult("gpio", False, f"{_gpiozero_class(factory)} {where}, but {e}")], factory
-    return [CheckResult("gpio", True, f"{_gpiozero_class(factory)} {where}; board revision {code:06x} from {source}")], factory
+    return [
+        CheckResult(
+            "gpio", True, f"{_gpiozero_class(factory)} {where}; board revision {code:06x} from {source}"
+        )
+    ], factory
 
 
 def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
@@ -315,7 +337,11 @@ def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
                 )
             except Exception as e:
                 hint = BUSY_HINT if "busy" in str(e).lower() else ""
-                return [CheckResult("buttons", False, f"cannot use GPIO {spec.pin} for button {spec.name}: {e}{hint}")]
+                return [
+                    CheckResult(
+                        "buttons", False, f"cannot use GPIO {spec.pin} for button {spec.name}: {e}{hint}"
+                    )
+                ]
             buttons.append(button)
             time.sleep(SETTLE_SECONDS)
             if button.is_pressed:
@@ -362,7 +388,13 @@ def check_display(board: Board, factory: Any, env: Environment) -> list[CheckRes
         return [CheckResult("display", True, "none on this board")]
     where = _display_location(board)
     if spec.driver == "st7789" and factory is None:
-        return [CheckResult("display", False, "not tested: the panel's DC and backlight pins need GPIO (see the gpio line)")]
+        return [
+            CheckResult(
+                "display",
+                False,
+                "not tested: the panel's DC and backlight pins need GPIO (see the gpio line)",
+            )
+        ]
     from .display import open_device
 
     try:
@@ -428,7 +460,9 @@ def check_mdns(config: DeviceConfig, env: Environment) -> list[CheckResult]:
             membership = socket.inet_aton(MDNS_GROUP) + socket.inet_aton(addr)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
         except OSError as e:
-            return [CheckResult("mdns", False, f"cannot join {MDNS_GROUP} on {name} {addr}: {e.strerror or e}")]
+            return [
+                CheckResult("mdns", False, f"cannot join {MDNS_GROUP} on {name} {addr}: {e.strerror or e}")
+            ]
     return [CheckResult("mdns", True, f"UDP {env.mdns_port} bound, joined {MDNS_GROUP} on {name} {addr}")]
 
 
@@ -508,7 +542,9 @@ def startup_summary(
     for node in needed_nodes(board):
         state, _ = _node_state(node, env)
         healthy &= state == "ok"
-        parts.append(f"{env.dev_root / node.name} {state}" + (f" (group {node.group})" if state == "ok" else ""))
+        parts.append(
+            f"{env.dev_root / node.name} {state}" + (f" (group {node.group})" if state == "ok" else "")
+        )
     parts.append(f"gpio: {_gpiozero_class(factory)}" if factory is not None else "gpio: none")
     spec = board.display
     if spec is None:
@@ -520,7 +556,9 @@ def startup_summary(
     if board.buttons:
         parts.append(f"buttons: {len(board.buttons)}" if buttons_ok else "buttons: none")
         healthy &= buttons_ok and factory is not None
-    return "hardware: " + "; ".join(parts) + ("" if healthy else "; `hyperpi-device --check` says what to fix")
+    return (
+        "hardware: " + "; ".join(parts) + ("" if healthy else "; `hyperpi-device --check` says what to fix")
+    )
 
 
 def main(config: DeviceConfig, board: Board, env: Environment | None = None) -> int:
