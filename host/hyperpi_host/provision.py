@@ -44,8 +44,8 @@ from hyperpi_host.cli import UserError
 from hyperpi_host.partitions import Partition, PartitionError, boot_and_root
 
 # --- what the image (image/hooks/customize.sh) provides -------------------------------------
-SERVICE_UID = 990  # the `hyperpi` user and group; fixed in the image so no /etc/passwd lookup
-SERVICE_GID = 990
+SERVICE_UID = 900  # the `hyperpi` user and group; fixed in the image so no /etc/passwd lookup
+SERVICE_GID = 900
 STATE_DIR = "/var/lib/hyperpi"
 FEED_SECRET = f"{STATE_DIR}/feed.secret"  # 64 bytes, libsodium Ed25519 secret key (seed || public)
 NOISE_SECRET = f"{STATE_DIR}/noise.secret"  # 64 bytes, the Noise static key pair's secret key

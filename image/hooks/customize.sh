@@ -7,13 +7,14 @@ root="$1"
 here=$(dirname "$(readlink -f "$0")")
 in_root() { chroot "$root" "$@"; }
 
-# The service user: fixed uid/gid so `hyperpi provision` can own secret files without
+# The service user: fixed uid/gid 900 (below the ids Debian's packages take dynamically from 999
+# down; 990 is systemd-resolve's on trixie) so `hyperpi provision` can own secret files without
 # reading the image's /etc/passwd. Keep in sync with SERVICE_UID in host/hyperpi_host/provision.py.
-in_root groupadd --system --gid 990 hyperpi
+in_root groupadd --system --gid 900 hyperpi
 for g in gpio spi i2c; do in_root getent group "$g" >/dev/null || in_root groupadd --system "$g"; done
-in_root useradd --system --uid 990 --gid hyperpi --groups gpio,spi,i2c,video \
+in_root useradd --system --uid 900 --gid hyperpi --groups gpio,spi,i2c,video \
     --home-dir /var/lib/hyperpi --no-create-home --shell /usr/sbin/nologin hyperpi
-install -d -m 0700 -o 990 -g 990 "$root/var/lib/hyperpi"
+install -d -m 0700 -o 900 -g 900 "$root/var/lib/hyperpi"
 install -d -m 0755 "$root/etc/hyperpi" "$root/boot/firmware"
 # The settings live on the FAT partition, where `hyperpi provision` writes them without root.
 ln -sf /boot/firmware/hyperpi/device.toml "$root/etc/hyperpi/device.toml"

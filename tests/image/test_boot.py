@@ -167,7 +167,7 @@ def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home
     assert "frame not sent" not in oled_log, oled_log
 
     for path in ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret"):
-        assert facts[path] == {"mode": "0o600", "uid": 990, "gid": 990}, (path, facts[path])
+        assert facts[path] == {"mode": "0o600", "uid": 900, "gid": 900}, (path, facts[path])
     assert facts["secret_on_fat"] is False and facts["fat_bytes"] > 0
     assert len(facts["ssh_host_keys"]) >= 1
     assert facts["units"]["hyperpi-device"] == "active" and facts["units"]["ssh"] != "active"

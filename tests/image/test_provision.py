@@ -48,8 +48,8 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(["mcopy", "-i", str(fat), str(tree / "etc/hostname"), "::/config.txt"])
     run(["mke2fs", "-q", "-t", "ext4", "-d", str(tree), str(ext4), f"{ROOT_MIB}M"])
     # The service user owns its state folder; debugfs sets that without root on this host.
-    subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi uid 990", str(ext4)], check=True, capture_output=True)
-    subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi gid 990", str(ext4)], check=True, capture_output=True)
+    subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi uid 900", str(ext4)], check=True, capture_output=True)
+    subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi gid 900", str(ext4)], check=True, capture_output=True)
     subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi mode 040700", str(ext4)], check=True, capture_output=True)
     root_start = FAT_START_SECTOR + FAT_MIB * 2048
     with open(image, "wb") as f:
@@ -113,7 +113,7 @@ def test_provision_writes_settings_on_fat_and_secrets_in_ext4(base_image: Path, 
     assert record["board"] == "oled-bonnet"
     for path in ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret"):
         inode = ext4fs.stat(out, root, path)
-        assert (inode.mode, inode.uid, inode.gid) == (0o600, 990, 990), path
+        assert (inode.mode, inode.uid, inode.gid) == (0o600, 900, 900), path
 
     wpa = ext4fs.read_file(out, root, "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf").decode()
     psk = hashlib.pbkdf2_hmac("sha1", PASSPHRASE.encode(), SSID.encode(), 4096, 32).hex()

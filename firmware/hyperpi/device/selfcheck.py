@@ -335,7 +335,7 @@ def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
                     active_state=None if spec.pull_up is not None else True,
                     pin_factory=factory,
                 )
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - lgpio's busy pin, gpiozero's invalid pin: one line
                 hint = BUSY_HINT if "busy" in str(e).lower() else ""
                 return [
                     CheckResult(
@@ -350,6 +350,16 @@ def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
         for button in buttons:
             gpio.close_quietly(button.close, "a button")
     labels = " ".join(f"{s.name}({s.pin})" for s in board.buttons)
+    if len(pressed) > 1 and len(pressed) == len(board.buttons):
+        # Every line low at once is rarely every finger: the pulls did not take effect.
+        return [
+            CheckResult(
+                "buttons",
+                False,
+                f"all of {labels} read pressed at idle: the pull-ups are not applied (a GPIO driver without "
+                "bias support, e.g. an emulator) or something on the header holds the lines low",
+            )
+        ]
     if pressed:
         return [
             CheckResult(
@@ -399,13 +409,13 @@ def check_display(board: Board, factory: Any, env: Environment) -> list[CheckRes
 
     try:
         device = open_device(board, pin_factory=factory, bus=env.display_bus)
-    except Exception as e:  # luma's DeviceNotFoundError, lgpio's busy pins, a missing spidev module
+    except Exception as e:  # noqa: BLE001 - luma's DeviceNotFoundError, busy pins, no spidev module
         hint = BUSY_HINT if "busy" in str(e).lower() else ""
         return [CheckResult("display", False, f"cannot open the {spec.driver} on {where}: {e}{hint}")]
     try:
         device.display(frame_image(device.mode, device.size))
         time.sleep(env.frame_seconds)  # time to look: cleanup below switches the panel off
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - an I2C NACK or SPI error from luma, as one line
         return [CheckResult("display", False, f"sending a frame to the {spec.driver} on {where} failed: {e}")]
     finally:
         gpio.close_quietly(device.cleanup, "the display")
@@ -453,7 +463,7 @@ def check_mdns(config: DeviceConfig, env: Environment) -> list[CheckResult]:
                     "mdns",
                     False,
                     f"cannot bind UDP port {env.mdns_port}: {e.strerror or e} (a program holds it without "
-                    "sharing; `ss -ulpn sport = :5353` names it)",
+                    f"sharing; `ss -ulpn sport = :{env.mdns_port}` names it)",
                 )
             ]
         try:
@@ -486,7 +496,7 @@ def check_clock(env: Environment) -> list[CheckResult]:
 def _guarded(item: str, check: Callable[[], list[CheckResult]]) -> list[CheckResult]:
     try:
         return check()
-    except Exception as e:  # never a traceback: an unexpected error is that item's FAIL line
+    except Exception as e:  # noqa: BLE001 - never a traceback: an unexpected error is a FAIL line
         return [CheckResult(item, False, f"unexpected error: {type(e).__name__}: {e}")]
 
 
