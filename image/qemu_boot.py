@@ -60,8 +60,11 @@ READY_LINE = "hyperpi-device: ready"  # image/service/50-image.conf
 CHECK_PREFIX = "hyperpi-boot-check: "
 POWER_DOWN = "reboot: Power down"
 MULTI_USER = "Reached target multi-user.target"
-# Board revision codes the firmware would put in /system/linux,revision (new-style codes).
-REVISIONS = {"raspi3b": 0xA02082, "raspi4b": 0xC03111, "virt": 0xA02082}
+# Board revision codes the firmware would put in /system/linux,revision (new-style codes). virt
+# poses as a Compute Module 3 (same SoC family as the Pi 3): on every Pi with the 40-pin header
+# GPIO 3 carries a fixed I2C pull-up that gpiozero refuses to float, on a CM3's SODIMM it does not,
+# and the virt button line is driven both ways with no pull.
+REVISIONS = {"raspi3b": 0xA02082, "raspi4b": 0xC03111, "virt": 0xA020A0}
 DTBS = {"raspi3b": "bcm2837-rpi-3-b.dtb", "raspi4b": "bcm2711-rpi-4-b.dtb"}
 # Lines the harness leaves high on raspi3b, standing in for the HATs' pull-ups: every button pin
 # of every board profile (hyperpi.device.boards).

@@ -127,7 +127,9 @@ HEADLESS = Board(
 )
 
 # For the emulated-hardware test only (tests/image/test_boot.py): QEMU's `virt` machine pulses line 3
-# of its PL061 GPIO controller (gpiochip0 there) high for ~100 ms on a QMP `system_powerdown`.
+# of its PL061 GPIO controller (gpiochip0 there) high for ~100 ms on a QMP `system_powerdown`. The
+# line has no pull resistor, which gpiozero allows only on a board without GPIO 3's I2C pull-up: the
+# harness gives virt a Compute Module 3's revision (image/qemu_boot.py REVISIONS).
 QEMU_VIRT_TEST = Board(
     name="qemu-virt-test",
     description="test only: QEMU virt's PL061 line 3 (the emulated power button) sends a message",

@@ -82,6 +82,8 @@ def open_device(board: Board, *, dummy: bool = False, pin_factory: Any = None, b
         serial = i2c(bus=bus, port=spec.i2c_port, address=spec.i2c_address)
         return ssd1306(serial, width=spec.width, height=spec.height, rotate=spec.rotate)
     if spec.driver == "st7789":
+        if pin_factory is None:  # gpiozero would go hunting for RPi.GPIO and /dev/mem instead
+            raise ValueError("the panel's DC and backlight pins need GPIO, which is not available (see the GPIO line)")
         from luma.core.interface.serial import spi
         from luma.lcd.device import st7789
 
@@ -151,9 +153,11 @@ class Display:
                 log.error("display: frame not sent: %s", e)
             self.failing = str(e)
             return False
-        if self.frames_shown == 0 or self.failing is not None:
-            log.info("display: %s frame sent (%s %dx%d)", "first" if self.frames_shown == 0 else "again a",
-                     type(self.device).__name__, self.device.width, self.device.height)
+        panel = f"{type(self.device).__name__} {self.device.width}x{self.device.height}"
+        if self.frames_shown == 0:
+            log.info("display: first frame sent (%s)", panel)
+        elif self.failing is not None:
+            log.info("display: frames reach the panel again (%s)", panel)
         self.failing = None
         self._last_bytes = data
         self.last_frame = image

@@ -16,8 +16,10 @@ RPi.GPIO and /dev/mem first). Three things lgpio and gpiozero 2.0 need help with
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +77,10 @@ def prepare_lgpio_workdir() -> str:
     """Point lgpio at a writable folder for its FIFO (before `import lgpio`); returns it."""
     if "LG_WD" not in os.environ:
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-        os.environ["LG_WD"] = runtime or tempfile.mkdtemp(prefix="hyperpi-lgpio-")
+        if not runtime:  # outside systemd (--check by hand): a private folder, removed at exit
+            runtime = tempfile.mkdtemp(prefix="hyperpi-lgpio-")
+            atexit.register(shutil.rmtree, runtime, ignore_errors=True)
+        os.environ["LG_WD"] = runtime
     return os.environ["LG_WD"]
 
 
