@@ -22,7 +22,14 @@ import subprocess
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PLAN = json.load(open(os.path.join(HERE, "plan.json")))
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+PLAN = json.loads(read(os.path.join(HERE, "plan.json")))
 WAIT_S = PLAN.get("wait_s", 1800)
 SETTINGS = "/etc/hyperpi/device.toml"
 SECRETS = ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret")
@@ -30,7 +37,7 @@ SECRETS = ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret")
 
 def report(name, value):
     with open("/dev/console", "w") as console:
-        console.write("hyperpi-boot-check: %s %s\n" % (name, json.dumps(value, sort_keys=True)))
+        console.write(f"hyperpi-boot-check: {name} {json.dumps(value, sort_keys=True)}\n")
 
 
 def sh(*args):
@@ -61,9 +68,9 @@ def facts():
     fat = sh("findmnt", "-no", "SOURCE", "/boot/firmware").stdout.strip()
     secrets = []
     for path in SECRETS:
-        data = open(path, "rb").read()
+        data = read(path, "rb")
         secrets += [data, data[:32], data.hex().encode()]
-    raw = open(fat, "rb").read()
+    raw = read(fat, "rb")
     out["fat_device"] = fat
     out["fat_bytes"] = len(raw)
     out["secret_on_fat"] = any(s in raw for s in secrets)
@@ -73,7 +80,7 @@ def facts():
     out["root_size"] = vfs.f_blocks * vfs.f_frsize
     out["units"] = {u: sh("systemctl", "is-active", u).stdout.strip()
                     for u in ("hyperpi-device", "hyperpi-ssh-keygen", "hyperpi-growfs", "ssh", "systemd-journald")}
-    out["passwords"] = [line.split(":")[0] for line in open("/etc/shadow")
+    out["passwords"] = [line.split(":")[0] for line in read("/etc/shadow").splitlines()
                         if line.split(":")[1] not in ("*", "!", "!*", "") and not line.split(":")[1].startswith("!")]
     out["journal_storage"] = os.path.isdir("/var/log/journal") and bool(os.listdir("/var/log/journal"))
     out["nodes"] = {}
@@ -81,12 +88,12 @@ def facts():
         if os.path.exists(node):
             st = os.stat(node)
             out["nodes"][node] = {"group": grp.getgrgid(st.st_gid).gr_name, "mode": oct(st.st_mode & 0o777)}
-    out["modules"] = sorted(line.split()[0] for line in open("/proc/modules"))
+    out["modules"] = sorted(line.split()[0] for line in read("/proc/modules").splitlines())
     stats = {}
     for path in glob.glob("/sys/bus/spi/devices/spi0.*/statistics/bytes_tx"):
-        stats[path.split("/")[5]] = int(open(path).read())
+        stats[path.split("/")[5]] = int(read(path))
     out["spi_bytes_tx"] = stats
-    out["i2c_adapters"] = {os.path.basename(p): open(p + "/name").read().strip() for p in glob.glob("/sys/class/i2c-dev/i2c-*")}
+    out["i2c_adapters"] = {os.path.basename(p): read(p + "/name").strip() for p in glob.glob("/sys/class/i2c-dev/i2c-*")}
     out["service_user_groups"] = sh("id", "-nG", "hyperpi").stdout.split()
     out["timesync"] = os.path.exists("/run/systemd/timesync/synchronized")
     out["service_log"] = service_log().splitlines()[-60:]
@@ -94,9 +101,9 @@ def facts():
 
 
 def set_board(board):
-    text = open(SETTINGS).read()
+    text = read(SETTINGS)
     with open(SETTINGS, "w") as f:
-        f.write(re.sub(r'^board = ".*"$', 'board = "%s"' % board, text, flags=re.MULTILINE))
+        f.write(re.sub(r'^board = ".*"$', f'board = "{board}"', text, flags=re.MULTILINE))
 
 
 def run_check(board, restart):
