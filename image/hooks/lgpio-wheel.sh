@@ -8,7 +8,7 @@ sdist="lgpio-$version.tar.gz"
 build_deps="gcc libc6-dev python3-dev python3-setuptools swig"
 
 mkdir -p "$root/tmp/lgpio"
-python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+python3 -m pip download --quiet --no-deps --no-binary :all: \
     -d "$root/tmp/lgpio" "lgpio==$version"
 echo "$sha256  $root/tmp/lgpio/$sdist" | sha256sum -c --quiet \
     || { echo "lgpio-wheel.sh: $sdist does not match its pinned sha256" >&2; exit 1; }
