@@ -191,8 +191,9 @@ class Machine:
         command = ["qemu-system-aarch64", "-M", self.machine, *common,
                    "-append", self._kernel_args("ttyAMA0", "ttyS1"),
                    "-drive", f"file={self.disk},if=sd,format=raw",
-                   "-device", "usb-net,netdev=net0", "-netdev", forward,
                    "-serial", f"file:{self.workdir / 'uart0.log'}", "-serial", f"file:{self.log}"]
+        if self.machine == "raspi3b":  # QEMU's raspi4b has no USB (nor PCIe, nor GENET Ethernet)
+            command += ["-device", "usb-net,netdev=net0", "-netdev", forward]
         if self.oled:
             command += ["-device", "ssd0303,bus=i2c-bus.1,address=0x3c"]
         return command
