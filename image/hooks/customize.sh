@@ -29,8 +29,8 @@ cp -a --no-preserve=ownership "$here/../rootfs/." "$root/"
 rm -f "$root"/etc/ssh/ssh_host_*
 in_root systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true
 in_root systemctl enable --quiet systemd-networkd.service systemd-resolved.service \
-    systemd-timesyncd.service hyperpi-ssh-keygen.service hyperpi-growfs.service \
-    wpa_supplicant@wlan0.service
+    systemd-timesyncd.service hyperpi-ssh-keygen.service hyperpi-growfs.service
+# (wpa_supplicant@wlan0 is started by udev when wlan0 appears: etc/udev/rules.d/60-hyperpi.rules.)
 # A machine-id per card, made on first boot (an empty file tells systemd to make one).
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
