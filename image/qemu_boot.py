@@ -10,7 +10,8 @@ changed, only a padded copy):
 - takes the kernel and initrd that config.txt names, and the board's upstream DTB;
 - applies `overlays/hyperpi.dtbo` to it with fdtoverlay, as `dtoverlay=hyperpi` makes the
   firmware do (`overlay=False` boots the stock DTB, for the test of a card without it);
-- adds `/system/linux,revision`, which the firmware fills in and gpiozero reads.
+- adds `/system/linux,revision`, which the firmware fills in and gpiozero reads;
+- drops the SPI node's DMA channels: QEMU's SPI model cannot serve them (see `_dtb`).
 
 Machines:
 - `raspi3b` (default): SD card, `usb-net` on QEMU user networking with a host port forwarded to
@@ -223,6 +224,11 @@ class Machine:
                 run(["fdtoverlay", "-i", str(base), "-o", str(out), str(self._take(boot, OVERLAY))])
             else:
                 shutil.copyfile(base, out)
+            # QEMU's BCM2835 SPI model has no DMA requests wired: a DMA transfer (the kernel uses DMA
+            # for anything longer than 96 bytes, so every frame) never completes and the guest hangs.
+            # Without `dmas` the driver moves frames by interrupt, as on a Pi for short transfers.
+            run(["fdtput", "-d", str(out), "/soc/spi@7e204000", "dmas"])
+            run(["fdtput", "-d", str(out), "/soc/spi@7e204000", "dma-names"])
         run(["fdtput", "-p", "-t", "x", str(out), "/system", "linux,revision", f"{REVISIONS[self.machine]:x}"])
         return out
 
