@@ -152,3 +152,35 @@ def test_display_survives_a_panel_that_stops_answering(caplog: pytest.LogCapture
     assert sum("frame not sent" in m for m in messages) == 1
     assert "frames reach the panel again" in messages[-1]
     assert display.frames_shown == 2 and display.failing is None
+
+
+def test_redraw_loop_survives_a_frame_that_cannot_be_drawn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A missing font or a rendering bug logs one line; the loop keeps drawing the frames it can."""
+    from tests.unit.test_device_buttons import make_service
+
+    service, store = make_service(tmp_path, "display-hat-mini")
+    real_frame = service.app.frame
+    failures = [OSError("cannot open resource")] * 2
+
+    def frame(screen: object) -> Image.Image:
+        if failures:
+            raise failures.pop()
+        return real_frame(screen)
+
+    service.app.frame = frame  # type: ignore[method-assign]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(service.run(stop))
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            service._changed.set()  # something changed: draw again
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    with caplog.at_level(logging.ERROR, logger="hyperpi.device"):
+        asyncio.run(run())
+    store.close()
+    assert [r.getMessage() for r in caplog.records] == ["screen: cannot draw a frame: cannot open resource"]
+    assert service.display is not None and service.display.frames_shown >= 1

@@ -69,6 +69,7 @@ class DeviceService:
         self._control_applied = 0
         self._unsubscribe: dict[bytes, Callable[[], None]] = {}
         self._changed = asyncio.Event()
+        self._draw_error: str | None = None  # the last drawing error, logged once while it repeats
         self._watch(own)
         for follow in config.follows:
             self.follow(follow.key, follow.name)
@@ -212,7 +213,14 @@ class DeviceService:
             if self.display is not None and (wait := self.display.wait_time()) > 0:
                 await asyncio.sleep(wait)
             self._changed.clear()
-            self.redraw()
+            try:
+                self.redraw()
+            except Exception as e:  # a frame that cannot be drawn must not end the redraw loop
+                if self._draw_error != str(e):
+                    log.error("screen: cannot draw a frame: %s", e)
+                self._draw_error = str(e)
+            else:
+                self._draw_error = None
             waiters = [asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(stop.wait())]
             _, pending = await asyncio.wait(
                 waiters, timeout=self.app.next_change_in(), return_when=asyncio.FIRST_COMPLETED
