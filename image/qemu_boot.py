@@ -227,8 +227,11 @@ class Machine:
             # QEMU's BCM2835 SPI model has no DMA requests wired: a DMA transfer (the kernel uses DMA
             # for anything longer than 96 bytes, so every frame) never completes and the guest hangs.
             # Without `dmas` the driver moves frames by interrupt, as on a Pi for short transfers.
-            run(["fdtput", "-d", str(out), "/soc/spi@7e204000", "dmas"])
-            run(["fdtput", "-d", str(out), "/soc/spi@7e204000", "dma-names"])
+            spi = "/soc/spi@7e204000"
+            present = subprocess.run(["fdtget", "-p", str(out), spi], capture_output=True, text=True).stdout.split()
+            for prop in ("dmas", "dma-names"):
+                if prop in present:
+                    run(["fdtput", "-d", str(out), spi, prop])
         run(["fdtput", "-p", "-t", "x", str(out), "/system", "linux,revision", f"{REVISIONS[self.machine]:x}"])
         return out
 
