@@ -57,10 +57,13 @@ def hyperpi(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
                           check=False, **kwargs)
 
 
-def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "write", "--store", str(store),
-                             "--nick", "host", *LOOPBACK_ONLY, *extra],
+def hyperpi_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", *args, *LOOPBACK_ONLY],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
+    return hyperpi_process("chat", "write", "--store", str(store), "--nick", "host", *extra)
 
 
 def chat_view(key: str, store: Path, peer: str, count: int, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -202,9 +205,8 @@ def test_button_edge_on_virt_reaches_the_host(built_image: Path, tmp_path: Path,
         peer = f"127.0.0.1:{vm.host_port}"
         first = chat_view(record["feed_key"], tmp_path / "view", peer, 1)
         assert first.returncode == 0, first.stderr
-        viewer = subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "view", record["feed_key"],
-                                   "--store", str(tmp_path / "view"), "--peer", peer, *LOOPBACK_ONLY, "--json",
-                                   "--exit-after", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        viewer = hyperpi_process("chat", "view", record["feed_key"], "--store", str(tmp_path / "view"),
+                                 "--peer", peer, "--json", "--exit-after", "2")
         try:
             vm.qmp("system_powerdown")  # the emulated power button: PL061 line 3 high for ~100 ms
             out, err = viewer.communicate(timeout=CHAT_TIMEOUT_S)
