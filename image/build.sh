@@ -101,6 +101,13 @@ cache_key() {
     ) | sha256sum | cut -c1-16
 }
 
+# Lazily unmount everything mounted below a folder (deepest first).
+unmount_below() {
+    local mounts
+    mounts=$(findmnt -rn -o TARGET | grep "^$1/" | sort -r || true)
+    [ -z "$mounts" ] || { echo "build.sh: unmounting what was left mounted in $1: $mounts" >&2; echo "$mounts" | xargs -r -n1 umount -l; }
+}
+
 build_debian_layer() {
     local dir=$1
     log "stage 1: Debian layer with mmdebstrap -> $dir"
@@ -122,6 +129,9 @@ build_debian_layer() {
         "deb $MIRROR $SUITE main non-free-firmware" \
         "deb $MIRROR $SUITE-updates main non-free-firmware" \
         "deb $SECURITY_MIRROR $SUITE-security main non-free-firmware"
+    # mmdebstrap unmounts the new root's /proc, /sys and /dev when it ends, but a mount that a
+    # straggling process kept busy stays: a cached layer must hold files only.
+    unmount_below "$dir.partial"
     mv "$dir.partial" "$dir"
     # Keep only the newest layer: each is ~1 GB.
     find "$CACHE" -mindepth 1 -maxdepth 1 -name 'rootfs-*' ! -name "$(basename "$dir")" -exec rm -rf {} +
@@ -311,7 +321,9 @@ main() {
 
     local rootfs=$WORK/rootfs
     rm -rf "$rootfs"
-    cp -a --reflink=auto "$layer" "$rootfs"
+    unmount_below "$layer"
+    # --one-file-system: never copy what is mounted there (a /proc copy fills the disk).
+    cp -a --one-file-system --reflink=auto "$layer" "$rootfs"
     install_hyperpi "$rootfs" "$version"
     install_overlay "$rootfs"
     check_wifi_firmware "$rootfs"
