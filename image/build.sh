@@ -129,9 +129,6 @@ build_debian_layer() {
         "deb $MIRROR $SUITE main non-free-firmware" \
         "deb $MIRROR $SUITE-updates main non-free-firmware" \
         "deb $SECURITY_MIRROR $SUITE-security main non-free-firmware"
-    # mmdebstrap unmounts the new root's /proc, /sys and /dev when it ends, but a mount that a
-    # straggling process kept busy stays: a cached layer must hold files only.
-    unmount_below "$dir.partial"
     mv "$dir.partial" "$dir"
     # Keep only the newest layer: each is ~1 GB.
     find "$CACHE" -mindepth 1 -maxdepth 1 -name 'rootfs-*' ! -name "$(basename "$dir")" -exec rm -rf {} +
@@ -321,8 +318,10 @@ main() {
 
     local rootfs=$WORK/rootfs
     rm -rf "$rootfs"
+    # mmdebstrap unmounts the new root's /proc, /sys and /dev when it ends, but a mount that a
+    # straggling process kept busy stays: the layer must hold files only, and --one-file-system
+    # never copies what is mounted there (a copy of /proc fills the disk).
     unmount_below "$layer"
-    # --one-file-system: never copy what is mounted there (a /proc copy fills the disk).
     cp -a --one-file-system --reflink=auto "$layer" "$rootfs"
     install_hyperpi "$rootfs" "$version"
     install_overlay "$rootfs"
