@@ -42,3 +42,9 @@ clean:
 # Rewrite the device's golden screen frames (tests/fixtures/frames/); look at each PNG before committing.
 golden: deps
 	HYPERPI_GOLDEN=regen $(PY) -m pytest -q tests/unit/test_device_frames.py
+
+# Rewrite the test vectors (tests/fixtures/vectors.json) from the pinned Node modules;
+# tests/interop/test_vectors_fresh.py fails until the committed file matches.
+.PHONY: vectors
+vectors: deps
+	node $(NODE_PEERS)/make-vectors.js tests/fixtures/vectors.json

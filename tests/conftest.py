@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+VECTORS = ROOT / "tests" / "fixtures" / "vectors.json"
 NODE_PEERS = ROOT / "tests" / "interop" / "node"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> dict:
-    """The test vectors the real Node modules produced (../shared/protocol/vectors.json)."""
-    path = SHARED / "protocol" / "vectors.json"
-    if not path.exists():
-        pytest.fail(f"missing {path}: the shared/ folder must sit beside the checkout")
-    return json.loads(path.read_text())
+    """The test vectors the pinned Node modules produced (tests/fixtures/vectors.json, `make vectors`)."""
+    return json.loads(VECTORS.read_text())
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """`hyperpi pair`: tell a provisioned device which feeds to follow, through its owner's control feed.
 
-A device provisioned with `--owner` follows that owner's control feed (DESIGN.md, "Pairing after
-first boot"). `pair add` and `pair rm` append a signed `follow` / `unfollow` entry for one device
+A device provisioned with `--owner` follows that owner's control feed (README.md, "Pairing
+devices"). `pair add` and `pair rm` append a signed `follow` / `unfollow` entry for one device
 (`"device": its feed key`, the format `hyperpi.device.control` reads) to that feed, then join the
 LAN swarm on the feed's discovery key and wait until the device holds the entry. The device is
 recognised by the Noise key recorded at provisioning (`<home>/devices/NAME.json`), so another

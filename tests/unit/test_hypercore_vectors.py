@@ -1,5 +1,5 @@
 """Recompute every key, manifest, tree, signature and proof vector that real Node
-hypercore 11 produced (shared/protocol/vectors.json), and reject tampered proofs."""
+hypercore 11 produced (tests/fixtures/vectors.json), and reject tampered proofs."""
 
 from __future__ import annotations
 

@@ -175,4 +175,4 @@ def test_every_frame_decrypts_and_parses_as_node_decoded_it(vectors: dict) -> No
                 _check_message(dec, e)
             assert not any(isinstance(e, OpenRequested) for e in events)
             checked += 1
-    assert checked == len(received["i2r"]) + len(received["r2i"]) == 28  # as the protocol doc counts
+    assert checked == len(received["i2r"]) + len(received["r2i"]) == 28  # as Node decoded them

@@ -2,7 +2,8 @@
 discovery key, and the text forms of keys (z-base-32, hex, QR payload).
 
 Hypercore 11's default core key is the hash of a v1 manifest naming one Ed25519 signer
-(section 3 of shared/protocol/hypercore-wire.md); "compat" cores use the public key itself.
+(`keys[].default_manifest` in tests/fixtures/vectors.json, checked by
+tests/unit/test_hypercore_vectors.py); "compat" cores use the public key itself.
 """
 
 from __future__ import annotations
