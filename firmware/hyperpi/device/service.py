@@ -38,7 +38,7 @@ SEEN_FILE = "seen.json"  # how far each feed was seen on screen: unread marks su
 
 
 def chat_block(text: str, nick: str, now: float) -> bytes:
-    """A chat block as DESIGN.md "Chat data" defines it (the Node tutorial's format)."""
+    """A chat block in the Node tutorial's format (README "The tutorial, with Python and Node": --json)."""
     return json.dumps({"type": "chat", "text": text, "time": int(now * 1000), "nick": nick}).encode()
 
 

@@ -97,7 +97,7 @@ def decode_block(data: bytes) -> tuple[str, int | None, str]:
     except ValueError:
         return sanitize(text), None, ""
     if isinstance(value, dict) and isinstance(value.get("text"), str):
-        # A chat block (DESIGN.md "Chat data"), or anything with a text field; extra fields ignored.
+        # A chat block ({"type": "chat", "text", "time", "nick"}), or anything with a text field; extra fields ignored.
         claimed = value.get("time")
         claimed = (
             claimed if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0 else None
