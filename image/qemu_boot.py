@@ -53,7 +53,7 @@ sys.path.insert(0, str(HERE.parent / "host"))
 sys.path.insert(0, str(HERE.parent / "firmware"))
 
 from hyperpi_host import ext4fs, fatfs
-from hyperpi_host.partitions import boot_and_root
+from hyperpi_host.partitions import PartitionError, boot_and_root
 
 ROOT = "PARTUUID=68797069-02"  # image/build.sh DISK_ID
 OVERLAY = "/overlays/hyperpi.dtbo"  # image/build.sh install_overlay
@@ -393,8 +393,8 @@ def main() -> int:
             pi.wait_for(POWER_DOWN, args.timeout)
         elif pi.proc is not None:
             pi.proc.wait()
-    except BootError as e:
-        print(f"qemu_boot: {e}", file=sys.stderr)
+    except (BootError, PartitionError, fatfs.FatError, ext4fs.Ext4Error) as e:  # a wrong or broken image file
+        print(f"qemu_boot: {args.image}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
