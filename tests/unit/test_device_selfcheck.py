@@ -24,6 +24,7 @@ from hyperpi.device import gpio, selfcheck
 from hyperpi.device.boards import get_board
 from hyperpi.device.config import EX_CONFIG, DeviceConfig
 from hyperpi.device.selfcheck import CheckResult, Environment
+from hyperpi.net.discovery import ipv4_interfaces
 
 from .test_device_drivers import RecordingI2C, RecordingSPI
 
@@ -380,7 +381,7 @@ def test_network(tmp_path: Path) -> None:
 
 
 def a_local_address() -> tuple[str, str]:
-    found = selfcheck._ipv4_addresses()
+    found = ipv4_interfaces()
     return found[0] if found else ("lo", "127.0.0.1")
 
 

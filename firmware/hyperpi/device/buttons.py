@@ -31,6 +31,18 @@ class ButtonEvent:
     long: bool
 
 
+def make_button(spec: ButtonSpec, pin_factory: Any, **options: Any) -> Button:
+    """The gpiozero Button for a board's button: pulled up and pressed low, or (pull_up None) an
+    undriven line that reads pressed when high."""
+    return Button(
+        spec.pin,
+        pull_up=spec.pull_up,
+        active_state=None if spec.pull_up is not None else True,
+        pin_factory=pin_factory,
+        **options,
+    )
+
+
 class Buttons:
     def __init__(
         self,
@@ -46,14 +58,7 @@ class Buttons:
         self._held: set[str] = set()
         self.buttons: dict[str, Button] = {}
         for spec in specs:
-            button = Button(
-                spec.pin,
-                pull_up=spec.pull_up,
-                active_state=None if spec.pull_up is not None else True,
-                bounce_time=BOUNCE_SECONDS,
-                hold_time=hold_time,
-                pin_factory=pin_factory,
-            )
+            button = make_button(spec, pin_factory, bounce_time=BOUNCE_SECONDS, hold_time=hold_time)
             button.when_held = self._on_held(spec)
             button.when_released = self._on_released(spec)
             self.buttons[spec.name] = button

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hyperpi.net.discovery import ipv4_interfaces
+
 from . import gpio
 from .boards import Board
 from .config import DeviceConfig
@@ -72,18 +74,6 @@ def _open_smbus(port: int) -> Any:
     return smbus2.SMBus(port)
 
 
-def _ipv4_addresses() -> list[tuple[str, str]]:
-    """(interface, address) for every IPv4 address but loopback, as hyperpi.net announces them."""
-    import ifaddr
-
-    return [
-        (adapter.nice_name, str(ip.ip))
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-        if ip.is_IPv4 and not str(ip.ip).startswith("127.")
-    ]
-
-
 def _group_name(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
@@ -110,7 +100,7 @@ class Environment:
     spi_opener: Callable[[int, int], Any] = _open_spidev
     i2c_opener: Callable[[int], Any] = _open_smbus
     display_bus: Any = None  # an spidev/smbus-like object for luma; None: luma opens the real bus
-    addresses: Callable[[], list[tuple[str, str]]] = _ipv4_addresses
+    addresses: Callable[[], list[tuple[str, str]]] = ipv4_interfaces
     mdns_port: int = MDNS_PORT
     access: Callable[[Path, int], bool] = os.access  # root passes any mode; tests inject a refusal
     group_name: Callable[[int], str] = _group_name
@@ -321,7 +311,7 @@ def check_gpio(env: Environment) -> tuple[list[CheckResult], Any]:
 def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
     if factory is None:
         return [CheckResult("buttons", False, "not tested: no GPIO (see the gpio line)")]
-    from gpiozero import Button
+    from .buttons import make_button
 
     buttons: list[Any] = []
     pressed: list[str] = []
@@ -329,12 +319,7 @@ def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
         for spec in board.buttons:
             label = f"{spec.name}({spec.pin})"
             try:
-                button = Button(
-                    spec.pin,
-                    pull_up=spec.pull_up,
-                    active_state=None if spec.pull_up is not None else True,
-                    pin_factory=factory,
-                )
+                button = make_button(spec, factory)
             except Exception as e:  # noqa: BLE001 - lgpio's busy pin, gpiozero's invalid pin: one line
                 hint = BUSY_HINT if "busy" in str(e).lower() else ""
                 return [

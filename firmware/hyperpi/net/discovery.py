@@ -113,14 +113,19 @@ def decode_topics(properties: Mapping[bytes, bytes | None]) -> frozenset[bytes]:
     return frozenset(topics)
 
 
+def ipv4_interfaces() -> list[tuple[str, str]]:
+    """(interface, address) for each IPv4 address of this machine, loopback excluded."""
+    return [
+        (adapter.nice_name, str(ip.ip))
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if ip.is_IPv4 and not str(ip.ip).startswith("127.")
+    ]
+
+
 def local_ipv4_addresses() -> list[str]:
     """This machine's IPv4 addresses, loopback excluded (what other peers can dial)."""
-    found = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if ip.is_IPv4 and not str(ip.ip).startswith("127.") and ip.ip not in found:
-                found.append(str(ip.ip))
-    return sorted(found)
+    return sorted({address for _, address in ipv4_interfaces()})
 
 
 class Discovery:
