@@ -153,16 +153,18 @@ class Display:
                 log.error("display: frame not sent: %s", e)
             self.failing = str(e)
             return False
-        panel = f"{type(self.device).__name__} {self.device.width}x{self.device.height}"
         if self.frames_shown == 0:
-            log.info("display: first frame sent (%s)", panel)
+            log.info("display: first frame sent (%s)", self._panel())
         elif self.failing is not None:
-            log.info("display: frames reach the panel again (%s)", panel)
+            log.info("display: frames reach the panel again (%s)", self._panel())
         self.failing = None
         self._last_bytes = data
         self.last_frame = image
         self.frames_shown += 1
         return True
+
+    def _panel(self) -> str:
+        return f"{type(self.device).__name__} {self.device.width}x{self.device.height}"
 
     def save(self, path: Path) -> None:
         """Write the frame on screen as a PNG (simulation, README pictures)."""
