@@ -71,6 +71,18 @@ def chat_view(key: str, store: Path, peer: str, count: int, **kwargs) -> subproc
                    "--exit-after", str(count), timeout=CHAT_TIMEOUT_S, **kwargs)
 
 
+def ready_and_online(machine: qemu_boot.Machine, feed_key: str, store: Path) -> str:
+    """Wait for the service's ready line, then read its boot message from the host; returns the
+    forwarded peer address."""
+    machine.wait_for(re.escape(qemu_boot.READY_LINE), BOOT_TIMEOUT_S)
+    peer = f"127.0.0.1:{machine.host_port}"
+    view = chat_view(feed_key, store, peer, 1)
+    assert view.returncode == 0, view.stderr
+    boot_message = json.loads(view.stdout.splitlines()[0])
+    assert boot_message["type"] == "chat" and boot_message["text"], boot_message
+    return peer
+
+
 @pytest.fixture(scope="module")
 def built_image() -> Path:
     images = sorted(BUILD.glob("hyperpi-*-arm64.img"))
@@ -125,12 +137,7 @@ def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home
     pi = qemu_boot.Machine(card, workdir(tmp_path, "boot1"), PORT, plan=plan, oled=True)
     pi.start()
     try:
-        pi.wait_for(re.escape(qemu_boot.READY_LINE), BOOT_TIMEOUT_S)
-        peer = f"127.0.0.1:{pi.host_port}"
-        view = chat_view(record["feed_key"], tmp_path / "view", peer, 1)
-        assert view.returncode == 0, view.stderr
-        boot_message = json.loads(view.stdout.splitlines()[0])
-        assert boot_message["type"] == "chat" and boot_message["text"], boot_message
+        peer = ready_and_online(pi, record["feed_key"], tmp_path / "view")
 
         writer = chat_write(host_store, ["--peer", peer])
         try:
@@ -201,10 +208,7 @@ def test_button_edge_on_virt_reaches_the_host(built_image: Path, tmp_path: Path,
     vm = qemu_boot.Machine(card, workdir(tmp_path, "virt"), PORT, machine="virt")
     vm.start()
     try:
-        vm.wait_for(re.escape(qemu_boot.READY_LINE), BOOT_TIMEOUT_S)
-        peer = f"127.0.0.1:{vm.host_port}"
-        first = chat_view(record["feed_key"], tmp_path / "view", peer, 1)
-        assert first.returncode == 0, first.stderr
+        peer = ready_and_online(vm, record["feed_key"], tmp_path / "view")
         viewer = hyperpi_process("chat", "view", record["feed_key"], "--store", str(tmp_path / "view"),
                                  "--peer", peer, "--json", "--exit-after", "2")
         try:
