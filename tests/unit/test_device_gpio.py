@@ -5,6 +5,7 @@ board's active-high button, and a display that keeps going when its panel stops 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -184,3 +185,46 @@ def test_redraw_loop_survives_a_frame_that_cannot_be_drawn(tmp_path: Path, caplo
     store.close()
     assert [r.getMessage() for r in caplog.records] == ["screen: cannot draw a frame: cannot open resource"]
     assert service.display is not None and service.display.frames_shown >= 1
+
+
+def test_a_slow_panel_does_not_hold_the_event_loop(tmp_path: Path) -> None:
+    """A frame waiting on the bus (a slow or stalled SPI transfer) runs off the loop: timers, replication
+    and the watchdog go on meanwhile, and stopping waits for the frame instead of cutting it."""
+    import threading
+
+    from tests.unit.test_device_buttons import make_service
+
+    service, store = make_service(tmp_path, "display-hat-mini")
+    assert service.display is not None
+    device = service.display.device
+    on_bus, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+    real_display = device.display
+
+    def slow_display(image: Image.Image) -> None:
+        on_bus.set()
+        release.wait(5)
+        real_display(image)
+        finished.append(True)
+
+    device.display = slow_display
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(service.run(stop))
+        await asyncio.to_thread(on_bus.wait, 5)
+        ticks = 0
+        for _ in range(5):  # the loop keeps turning while the frame is on the bus
+            await asyncio.sleep(0.01)
+            ticks += 1
+        task.cancel()  # as main.run does on SIGTERM
+        await asyncio.sleep(0.05)
+        assert not task.done() and not finished  # cancelled, but the frame is still being sent
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return ticks
+
+    assert asyncio.run(run()) == 5
+    store.close()
+    assert finished == [True] and service.display.frames_shown == 1

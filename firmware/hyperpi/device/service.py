@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from hyperpi.hypercore import Core, CoreEvent, Store
 
 from .app import DeviceApp, Send
@@ -200,12 +202,30 @@ class DeviceService:
         return index
 
     # -- the screen -----------------------------------------------------------------------
+    def render(self) -> Image.Image | None:
+        """The current frame (None without a screen); ages and timeouts advance first."""
+        self.app.tick()
+        return None if self.display is None else self.app.frame(self.display.screen)
+
     def redraw(self) -> bool:
         """Render and show the current frame; True if the screen changed."""
-        self.app.tick()
-        if self.display is None:
-            return False
-        return self.display.show(self.app.frame(self.display.screen))
+        frame = self.render()
+        return frame is not None and self.display is not None and self.display.show(frame)
+
+    async def _redraw_off_loop(self) -> None:
+        # Rendering reads the service's state, so it stays on the loop; sending a frame (a 150 KB
+        # SPI write, or an I2C one) waits on the bus, so it runs in a thread while replication,
+        # buttons and the watchdog go on. A cancelled run still lets the frame finish: the panel's
+        # pins are closed after it, never in the middle of a transfer.
+        frame = self.render()
+        if frame is None or self.display is None:
+            return
+        send = asyncio.ensure_future(asyncio.to_thread(self.display.show, frame))
+        try:
+            await asyncio.shield(send)
+        except asyncio.CancelledError:
+            await send
+            raise
 
     async def run(self, stop: asyncio.Event) -> None:
         """Redraw on change (rate-limited by the display) and as ages tick, until `stop`."""
@@ -214,7 +234,7 @@ class DeviceService:
                 await asyncio.sleep(wait)
             self._changed.clear()
             try:
-                self.redraw()
+                await self._redraw_off_loop()
             except Exception as e:  # a frame that cannot be drawn must not end the redraw loop
                 if self._draw_error != str(e):
                     log.error("screen: cannot draw a frame: %s", e)
