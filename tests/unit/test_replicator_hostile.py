@@ -32,8 +32,16 @@ from hyperpi.wire.messages import (
     capability,
     decode_message,
 )
-from hyperpi.wire.protomux import ChannelMessage, ChannelOpened, Protomux
-from hyperpi.wire.replicator import MAX_INFLIGHT, MAX_PARKED_BYTES, MAX_REMOTE_RANGES, ReplicationError, Replicator
+from hyperpi.wire.protomux import MAX_BATCH_MESSAGES, ChannelMessage, ChannelOpened, Protomux
+from hyperpi.wire.replicator import (
+    MAX_INFLIGHT,
+    MAX_PARKED_BYTES,
+    MAX_REMOTE_RANGES,
+    MAX_REMOTE_REQUESTS,
+    REPLY_BATCH,
+    ReplicationError,
+    Replicator,
+)
 
 HANDSHAKE_HASH = bytes(range(64))  # stands in for the Noise handshake hash of one connection
 
@@ -60,7 +68,7 @@ class Remote:
         for frame in self.mux.frames_to_send():
             rep.receive(frame)
         new: list[object] = []
-        for frame in rep.frames_to_send():
+        for frame in drain(rep):
             for event in self.mux.receive(frame):
                 if isinstance(event, ChannelOpened):
                     self.opened = True
@@ -71,6 +79,14 @@ class Remote:
 
     def requests(self, messages: list[object]) -> list[Request]:
         return [m for m in messages if isinstance(m, Request)]
+
+
+def drain(rep: Replicator) -> list[bytes]:
+    """Every frame the replicator has to send, as the adapter takes them (replication.py)."""
+    frames = rep.frames_to_send()
+    while rep.replies_pending:
+        frames += rep.frames_to_send()
+    return frames
 
 
 def writer_core(tmp_path: Path, blocks: int) -> Core:
@@ -347,17 +363,56 @@ def test_floods_of_wants_and_requests_get_answers_no_bigger_than_a_proof_each(tm
     rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])
     remote = Remote(writer.key, writer.discovery_key)
     remote.exchange(rep)
-    for i in range(2000):
+    for i in range(MAX_REMOTE_REQUESTS):
         remote.send(Want(i, 1))
         # Nonsense (a block far past the end, absurd node counts): refused, not crashed.
         remote.send(Request(i, ProofRequest(0, block=BlockRequest(10**6 + i, 99))))
     for frame in remote.mux.frames_to_send():
         rep.receive(frame)
-    out = rep.frames_to_send()
-    assert sum(map(len, out)) < 2000 * 64  # a few bytes per answer: no amplification
+    out = drain(rep)
+    assert sum(map(len, out)) < MAX_REMOTE_REQUESTS * 64  # a few bytes per answer: no amplification
     nodata = [m for f in out for e in remote.mux.receive(f) if isinstance(e, ChannelMessage)
               for m in [decode_message(e.type, e.payload)] if isinstance(m, (NoData, Data))]
-    assert len(nodata) == 2000  # every request answered once
+    assert len(nodata) == MAX_REMOTE_REQUESTS  # every request answered once
+
+
+def test_requests_are_answered_a_batch_at_a_time_and_a_flood_ends_the_connection(tmp_path: Path) -> None:
+    writer = writer_core(tmp_path, 64)
+    rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])
+    remote = Remote(writer.key, writer.discovery_key)
+    remote.exchange(rep)
+    with remote.mux.batch():  # all in one frame, as a flooding peer sends them
+        for i in range(MAX_REMOTE_REQUESTS):
+            remote.send(Request(i, ProofRequest(0, block=BlockRequest(i % 64, 0))))
+    for frame in remote.mux.frames_to_send():
+        rep.receive(frame)
+    answers = 0
+    while rep.replies_pending:  # each call does a bounded amount of work
+        got = [e for f in rep.frames_to_send() for e in remote.mux.receive(f) if isinstance(e, ChannelMessage)]
+        assert 0 < len(got) <= REPLY_BATCH
+        answers += len(got)
+    assert answers == MAX_REMOTE_REQUESTS
+    # One batch frame of more requests than any honest peer has in flight ends the connection.
+    with remote.mux.batch():
+        for i in range(MAX_REMOTE_REQUESTS + 1):
+            remote.send(Request(i, ProofRequest(0, block=BlockRequest(0, 0))))
+    with pytest.raises(ReplicationError, match=f"over {MAX_REMOTE_REQUESTS} requests at once"):
+        for frame in remote.mux.frames_to_send():
+            rep.receive(frame)
+
+
+def test_a_batch_frame_of_too_many_messages_is_refused_before_it_is_handled(tmp_path: Path) -> None:
+    writer = writer_core(tmp_path, 4)
+    rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])
+    remote = Remote(writer.key, writer.discovery_key)
+    remote.exchange(rep)
+    with remote.mux.batch():
+        for i in range(MAX_BATCH_MESSAGES + 1):
+            remote.send(Want(i, 1))
+    [frame] = remote.mux.frames_to_send()
+    with pytest.raises(WireError, match=f"over {MAX_BATCH_MESSAGES} messages"):
+        rep.receive(frame)
+    assert not rep.replies_pending
 
 
 def test_requests_for_blocks_that_do_not_exist_get_no_data(tmp_path: Path) -> None:

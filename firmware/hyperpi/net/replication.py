@@ -10,18 +10,25 @@ one through the cores' events, so a block appended anywhere travels live.
     cores = CoreSet(store, [my_feed, friend_feed])
     await replicate(conn, cores, on_progress=lambda core, length: ...)
 
+Reading never waits for writing: received messages are applied at once, and the replies to
+the remote's requests (queued, at most `MAX_REMOTE_REQUESTS` per core, in the replicator) are
+made in small batches by a flush task only as fast as the socket takes them. Until the remote
+opens a channel for a feed we share, its frames may be at most `UNTRUSTED_FRAME_SIZE`.
+
 A misbehaving peer ends only its own connection, with a one-line reason in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
 from hyperpi.hypercore import Core, HypercoreError, Store
 from hyperpi.wire.errors import WireError
 from hyperpi.wire.replicator import Replicator
+from hyperpi.wire.secret_stream import MAX_FRAME_SIZE
 
 from .stream import ConnectionClosed, EncryptedConnection
 
@@ -33,6 +40,13 @@ ProgressCallback = Callable[[Core, int], None]
 # make the two peers take turns (one works while the other waits); small chunks keep both
 # busy, and still share one transaction and one batch frame per chunk.
 CHUNK = 32
+# Largest frame from a peer that has not yet opened a channel for a feed we share. Opens are
+# ~100 bytes each, so this takes hundreds of cores at once; a stranger cannot make us buffer
+# 16 MiB frames (secret_stream.MAX_FRAME_SIZE, the limit once a feed is shared).
+UNTRUSTED_FRAME_SIZE = 64 * 1024
+# Bytes of our own unsent messages (announcements, requests) past which reading waits for the
+# socket to take them. An honest peer makes us queue a few KiB; a flood of syncs would not.
+MAX_UNSENT = 1024 * 1024
 
 
 class CoreSet:
@@ -102,19 +116,33 @@ class _Session:
 
     def _schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_in_background())
+
+    async def _flush_in_background(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the reader loop sees the close and ends
+            await self._flush()
 
     async def _flush(self) -> None:
         async with self._send_lock:
-            for event in self.replicator.take_events():
-                if self.on_progress:
-                    self.on_progress(event.core, event.length)
-            frames = self.replicator.frames_to_send()
-            if frames and not self.conn.closed:
-                await self.conn.send_many(frames)
+            while True:
+                for event in self.replicator.take_events():
+                    if self.on_progress:
+                        self.on_progress(event.core, event.length)
+                frames = self.replicator.frames_to_send()
+                if frames and not self.conn.closed:
+                    await self.conn.send_many(frames)  # waits while the peer is not reading
+                if not self.replicator.replies_pending or self.conn.closed:
+                    return
+                await asyncio.sleep(0)  # a reply batch at a time: other peers and the screen run between
+
+    def _account(self) -> None:
+        self.conn.held_elsewhere = self.replicator.held_bytes
+        self.conn.account()
 
     async def run(self) -> None:
         self.cores._sessions.add(self)
+        if not self.conn.shares_feed:
+            self.conn.max_frame_size = UNTRUSTED_FRAME_SIZE
         try:
             for core in self.cores:
                 self.attach(core)
@@ -127,10 +155,19 @@ class _Session:
                         log.warning("peer %s: %s", self.conn.peername, error)
                         self.conn.close(error)
                         return
-                    await self._flush()  # waits while the socket is full: the peer's reading paces us
+                    if not self.conn.shares_feed and self.replicator.sharing:
+                        self.conn.shares_feed = True
+                        self.conn.max_frame_size = MAX_FRAME_SIZE
+                    self._account()
+                    if self.replicator.mux.queued_bytes > MAX_UNSENT:
+                        await self._flush()  # only a flooding peer gets here: read no more until sent
+                    else:
+                        self._schedule_flush()
+                    await asyncio.sleep(0)  # a busy peer must not hold the event loop
         except ConnectionClosed:
             return
         finally:
+            self.conn.held_elsewhere = 0
             self.cores._sessions.discard(self)
             for unsubscribe in self._unsubscribe.values():
                 unsubscribe()

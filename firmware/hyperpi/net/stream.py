@@ -14,6 +14,11 @@ writing (as Node's hypercore does), and an optional read-idle timeout.
 Either TCP side can take either Noise role (`is_initiator`). A protocol error closes the
 connection; `recv()` then raises `ConnectionClosed`, whose `reason` (also `close_reason`) is
 one line saying why, and the reason is logged.
+
+Memory held for peers is bounded: each connection's unsent bytes by `WRITE_BUFFER_HIGH` (a
+peer that stops reading for `WRITE_STALL_TIMEOUT` is dropped), and everything held for all
+peers together (frames being received, unsent bytes, what the replicator holds) by
+`PEER_MEMORY_BUDGET`: past it, the connection holding the most is dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from hyperpi.wire.errors import WireError
 from hyperpi.wire.noise import Keypair
-from hyperpi.wire.secret_stream import HandshakeDone, Message, SecretStream
+from hyperpi.wire.secret_stream import MAX_FRAME_SIZE, HandshakeDone, Message, SecretStream
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,17 @@ HANDSHAKE_TIMEOUT = 10.0
 # Send an empty message after this many seconds without writing: Node hypercore's
 # `setKeepAlive(5000)`, so a peer watching for silence sees the same rhythm from us.
 KEEPALIVE_INTERVAL = 5.0
-# Bytes we let queue for the socket before a sender waits. It must exceed what one side can
-# owe the other at once (512 requests in flight, each answered with a block and its proof,
-# are a few hundred KiB for chat blocks), and it bounds what a peer that stops reading costs us.
-WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+# Bytes we let queue for the socket before a sender waits: what a peer that stops reading
+# costs us. Replies are made only as the socket takes them (replication.py), and reading never
+# waits for writing, so two peers answering each other cannot stall each other here.
+WRITE_BUFFER_HIGH = 256 * 1024
+# A peer that takes none of our bytes for this long while we wait to send is dropped (as long
+# as the swarm's idle timeout: a peer that does not read is as gone as one that does not write).
+WRITE_STALL_TIMEOUT = 20.0
+# Bytes held for all peers together: frames being received, unsent bytes, answers the
+# replicator parks and replies it has queued. One 16 MiB block (the largest frame) fits with
+# room to spare; past the budget the connection holding the most is dropped.
+PEER_MEMORY_BUDGET = 32 * 1024 * 1024
 # Bytes read from the socket per call. Each read is fully decoded before the next, so at
 # most one read's worth of messages (plus one partial frame) is held in memory.
 READ_CHUNK = 64 * 1024
@@ -59,6 +71,29 @@ class HandshakeTimeout(ConnectionClosed):
     """The peer did not complete the Noise handshake in time."""
 
 
+class MemoryBudget:
+    """Bytes held for peers, per connection, against one process-wide limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._held: dict[EncryptedConnection, int] = {}
+
+    def set(self, conn: EncryptedConnection, nbytes: int) -> None:
+        """`conn` now holds `nbytes`; over the limit, the biggest holders are dropped."""
+        self.total += nbytes - self._held.pop(conn, 0)
+        if nbytes:
+            self._held[conn] = nbytes
+        while self.total > self.limit and self._held:
+            victim = max(self._held, key=self._held.__getitem__)
+            held = self._held[victim]
+            self.set(victim, 0)
+            victim._abort(f"holding {held >> 10} KiB when the peers' memory budget of {self.limit >> 20} MiB ran out")
+
+
+PEER_MEMORY = MemoryBudget(PEER_MEMORY_BUDGET)
+
+
 class EncryptedConnection:
     """A secret-stream connection: send and receive whole plaintext messages."""
 
@@ -70,13 +105,16 @@ class EncryptedConnection:
         *,
         keepalive: float | None = KEEPALIVE_INTERVAL,
         idle_timeout: float | None = None,
+        budget: MemoryBudget = PEER_MEMORY,
     ) -> None:
         self._reader = reader
         self._writer = writer
-        # Writers wait (drain) only past WRITE_BUFFER_HIGH: with asyncio's 64 KiB default, two
-        # peers that each answer the other's pipelined requests stall each other in drain()
-        # while neither reads.
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._budget = budget
+        self.held_elsewhere = 0  # bytes the connection's user holds for the peer (replication.py)
+        # Set once the peer proved it shares a feed with us (replication.py): such a peer may
+        # send full-size frames and is never evicted to make room for a stranger (swarm.py).
+        self.shares_feed = False
         self._stream = stream
         self._inbox: deque[bytes] = deque()
         self._keepalive = keepalive
@@ -110,6 +148,25 @@ class EncryptedConnection:
     def closed(self) -> bool:
         return self.close_reason is not None
 
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame the peer may send; a bigger one closes the connection."""
+        return self._stream.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, size: int) -> None:
+        self._stream.max_frame_size = min(size, MAX_FRAME_SIZE)
+
+    @property
+    def write_buffer_size(self) -> int:
+        return self._writer.transport.get_write_buffer_size()
+
+    def account(self) -> None:
+        """Tell the memory budget what this connection holds now (may drop a connection)."""
+        if not self.closed:
+            held = self._stream.buffered_bytes + self.write_buffer_size + self.held_elsewhere
+            self._budget.set(self, held)
+
     # --- setup ---
 
     async def handshake(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
@@ -137,11 +194,19 @@ class EncryptedConnection:
         if self.closed:
             raise ConnectionClosed(self.close_reason or "closed")
         self._write(b"".join(self._stream.send(p) for p in plaintexts))
+        self.account()
         try:
-            await self._writer.drain()
+            async with asyncio.timeout(WRITE_STALL_TIMEOUT):
+                await self._writer.drain()
+        except TimeoutError:
+            self._abort(f"the peer read nothing for {WRITE_STALL_TIMEOUT:g} s ({self.write_buffer_size >> 10} KiB unsent)")
+            raise ConnectionClosed(self.close_reason or "closed") from None
         except (ConnectionError, OSError) as e:
             self._abort(f"write failed: {e}")
             raise ConnectionClosed(self.close_reason or "closed") from None
+        self.account()
+        if self.closed:
+            raise ConnectionClosed(self.close_reason or "closed")
 
     async def recv(self) -> bytes:
         """The next message; raises ConnectionClosed when the connection ends."""
@@ -176,6 +241,7 @@ class EncryptedConnection:
         """Close the TCP connection (idempotent)."""
         if self.close_reason is None:
             self.close_reason = reason
+        self._budget.set(self, 0)
         if self._keepalive_task is not None and self._keepalive_task is not asyncio.current_task():
             self._keepalive_task.cancel()
         self._writer.close()
@@ -220,6 +286,9 @@ class EncryptedConnection:
             self._abort(f"protocol error: {e}")
             raise ConnectionClosed(self.close_reason or "closed") from None
         self._write(self._stream.data_to_send())
+        self.account()
+        if self.closed:
+            raise ConnectionClosed(self.close_reason or "closed")
         for event in events:
             if isinstance(event, Message):
                 self._inbox.append(event.plaintext)

@@ -42,6 +42,11 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 MAX_CHANNEL_ID = 65536
 # A batch frame is flushed when it reaches this size (Node's MAX_BATCH, 8 MiB).
 MAX_BATCH = 8 * 1024 * 1024
+# Messages in one received batch frame. Every decoded message is an event object (~200 bytes)
+# held until the frame is handled, so 5 MB of 10-byte requests would cost ~100 MB. Node sends a
+# few per channel plus its replies to our requests (at most 512 per core in flight), so a
+# bigger batch is a flood.
+MAX_BATCH_MESSAGES = 8192
 
 Key = tuple[str, "bytes | None"]
 
@@ -234,6 +239,11 @@ class Protomux:
         out, self._out = self._out, []
         return out
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of frames queued and not yet taken by `frames_to_send`."""
+        return sum(map(len, self._out)) + self._batch_size
+
     def next_events(self) -> list[Event]:
         events, self._events = self._events, []
         return events
@@ -283,7 +293,11 @@ class Protomux:
     def _on_batch(self, state: State) -> None:
         end = state.end
         remote_id = decode_uint(state)
+        count = 0
         while state.start < end:
+            count += 1
+            if count > MAX_BATCH_MESSAGES:
+                raise MuxError(f"protomux: batch of over {MAX_BATCH_MESSAGES} messages")
             n = decode_uint(state)
             if n == 0:
                 remote_id = decode_uint(state)

@@ -7,7 +7,9 @@ hypercore 11's exchange on each (protocol doc 7.3):
 - on open: check the remote capability, send `sync` and `range`;
 - as a reader: when the remote's `sync` shows a longer log, ask for an `upgrade` (with the
   manifest on first contact), then download every block, many requests in flight;
-- as a server: answer `request` with the core's proof (`data`) or `noData`, answer `want`
+- as a server: queue each `request` and answer it with the core's proof (`data`) or `noData`
+  in `frames_to_send`, at most REPLY_BATCH per call (so one flood of requests cannot hold the
+  event loop), refusing a peer with more than MAX_REMOTE_REQUESTS unanswered; answer `want`
   with `range`, echo the remote's length in `sync.remoteLength` so Node keeps upgrading;
 - live: after a local append or a verified upgrade, send `sync` + `range` on every channel.
 
@@ -15,7 +17,7 @@ hypercore 11's exchange on each (protocol doc 7.3):
     rep.add_core(core)
     for plaintext in incoming: rep.receive(plaintext)      # raises ReplicationError
     rep.core_changed(core)                                 # after local appends/downloads
-    for frame in rep.frames_to_send(): send(frame)
+    for frame in rep.frames_to_send(): send(frame)     # again while rep.replies_pending
     for event in rep.take_events(): ...                    # PeerProgress(core, length)
 
 It performs no I/O: the core is sans-IO too, and `receive` applies verified proofs to it.
@@ -26,6 +28,7 @@ the adapter then closes the connection. Nothing unverified is ever stored.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -81,6 +84,13 @@ WANT_BATCH = 2_097_152
 # us hold MAX_INFLIGHT frames of up to 16 MiB each; past the cap the answer is dropped and the
 # block asked for again. Honest peers answer in order and park little.
 MAX_PARKED_BYTES = 4 * 1024 * 1024
+# Requests from the remote we hold unanswered per channel. A Node peer keeps at most 512 in
+# flight per core (DEFAULT_MAX_INFLIGHT in hypercore's lib/replicator.js) and so does ours
+# (MAX_INFLIGHT); a remote past twice that is flooding us and is disconnected.
+MAX_REMOTE_REQUESTS = 2 * MAX_INFLIGHT
+# Requests answered per `frames_to_send` call. A proof takes ~60 us on a laptop and a few
+# times that on a Pi, so a batch stays well under the 50 ms the event loop may be held.
+REPLY_BATCH = 64
 
 
 class ReplicationError(WireError):
@@ -128,6 +138,7 @@ class _Peer:
     pending_nodes: dict[int, int] = field(default_factory=dict)
     # Block proofs that arrived before the proof delivering the node they hang from.
     parked: list[tuple[ProofRequest, Proof]] = field(default_factory=list)
+    requests: deque[Request] = field(default_factory=deque)  # the remote's, not answered yet
     cursor: int = 0  # blocks below this were held or requested
 
     def remote_has(self, index: int) -> bool:
@@ -164,6 +175,7 @@ class Replicator:
         # Peers whose announcements and block requests are due. They are made once per
         # burst of received messages, in frames_to_send(), not once per message.
         self._dirty: set[_Peer] = set()
+        self._waiting: dict[_Peer, None] = {}  # peers with requests to answer, in arrival order
         for core in cores:
             self.add_core(core)
 
@@ -199,13 +211,42 @@ class Replicator:
             self._dirty.add(peer)
 
     def frames_to_send(self) -> list[bytes]:
-        """Everything to send now, one secret-stream message each."""
+        """What to send now, one secret-stream message each: announcements, our requests and
+        answers to up to REPLY_BATCH of the remote's. Call again while `replies_pending`."""
         dirty, self._dirty = self._dirty, set()
         for peer in dirty:
             if peer.opened and not peer.channel.closed:
                 self._announce(peer)
                 self._request_more(peer)
+        budget = REPLY_BATCH
+        with self.mux.batch():  # as Node corks its replies: one frame, one encryption
+            while budget > 0 and self._waiting:
+                for peer in list(self._waiting):  # round robin over the channels
+                    if peer.requests and not peer.channel.closed:
+                        self._answer(peer, peer.requests.popleft())
+                        budget -= 1
+                    if not peer.requests or peer.channel.closed:
+                        peer.requests.clear()
+                        del self._waiting[peer]
+                    if budget == 0:
+                        break
         return self.mux.frames_to_send()
+
+    @property
+    def replies_pending(self) -> bool:
+        """Some of the remote's requests are not answered yet (call `frames_to_send` again)."""
+        return bool(self._waiting)
+
+    @property
+    def sharing(self) -> bool:
+        """A channel is open for a core both sides hold the key of (capability checked)."""
+        return any(peer.opened for peer in self._peers.values())
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held for the remote: parked answers and frames not taken yet (an estimate)."""
+        parked = sum(len(p.block.value) for peer in self._peers.values() for _, p in peer.parked if p.block)
+        return parked + self.mux.queued_bytes
 
     def take_events(self) -> list[PeerProgress]:
         events, self._events = self._events, []
@@ -299,6 +340,14 @@ class Replicator:
             self._request_manifest(peer)
 
     def _on_request(self, peer: _Peer, message: Request) -> None:
+        if len(peer.requests) >= MAX_REMOTE_REQUESTS:
+            raise ReplicationError(
+                f"remote sent over {MAX_REMOTE_REQUESTS} requests at once for core {peer.core.key.hex()[:16]}..."
+            )
+        peer.requests.append(message)
+        self._waiting[peer] = None
+
+    def _answer(self, peer: _Peer, message: Request) -> None:
         req = message.proof_request
         try:
             proof = peer.core.proof(req)
@@ -564,4 +613,4 @@ def _answers(req: ProofRequest, proof: Proof) -> bool:
     return proof.hash is None and proof.seek is None
 
 
-__all__ = ["MAX_INFLIGHT", "MAX_PARKED_BYTES", "PeerProgress", "ReplicationError", "Replicator"]
+__all__ = ["MAX_INFLIGHT", "MAX_PARKED_BYTES", "MAX_REMOTE_REQUESTS", "REPLY_BATCH", "PeerProgress", "ReplicationError", "Replicator"]

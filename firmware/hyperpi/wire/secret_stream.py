@@ -39,6 +39,9 @@ MAX_FRAME_SIZE = 2**24 - 1
 # early stops a stranger from making us buffer 16 MiB before authenticating. (Node only
 # applies Noise's 65,535-byte cap, after buffering.)
 MAX_SETUP_FRAME = 1024
+# Scratch buffer kept for encrypting and decrypting; a bigger message gets a buffer of its own
+# that is freed with it, so one 16 MiB frame does not pin 16 MiB for the connection's life.
+SCRATCH_BYTES = 64 * 1024
 
 HEADER_BYTES = 24  # crypto_secretstream_xchacha20poly1305_HEADERBYTES
 ABYTES = 17  # 1 encrypted tag byte + 16-byte MAC per message
@@ -66,14 +69,12 @@ class _Push:
         if lib.crypto_secretstream_xchacha20poly1305_init_push(self._state, header, key) != 0:
             raise RuntimeError("secretstream init_push failed")
         self.header = ffi.buffer(header)[:]
-        self._buf = ffi.new("unsigned char[]", 4096)
+        self._buf = ffi.new("unsigned char[]", SCRATCH_BYTES)
 
     def push_framed(self, plaintext: bytes) -> bytes:
         """`uint24le(len) || ciphertext` of one message with TAG_MESSAGE."""
         clen = len(plaintext) + ABYTES
-        if len(self._buf) < clen + 3:
-            self._buf = ffi.new("unsigned char[]", clen + 3)
-        buf = self._buf
+        buf = self._buf if len(self._buf) >= clen + 3 else ffi.new("unsigned char[]", clen + 3)
         lib.crypto_secretstream_xchacha20poly1305_push(
             self._state, buf + 3, ffi.NULL, plaintext, len(plaintext), ffi.NULL, 0, TAG_MESSAGE
         )
@@ -89,20 +90,19 @@ class _Pull:
         if lib.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key) != 0:
             raise HandshakeError("invalid secretstream header")
         self._tag = ffi.new("unsigned char *")
-        self._buf = ffi.new("unsigned char[]", 4096)
+        self._buf = ffi.new("unsigned char[]", SCRATCH_BYTES)
 
     def pull(self, ciphertext: bytes) -> bytes | None:
         """The plaintext, or None when the message fails authentication."""
         if len(ciphertext) < ABYTES:
             return None
         mlen = len(ciphertext) - ABYTES
-        if len(self._buf) < mlen + 1:
-            self._buf = ffi.new("unsigned char[]", mlen + 1)
+        buf = self._buf if len(self._buf) >= mlen + 1 else ffi.new("unsigned char[]", mlen + 1)
         rc = lib.crypto_secretstream_xchacha20poly1305_pull(
-            self._state, self._buf, ffi.NULL, self._tag, ciphertext, len(ciphertext), ffi.NULL, 0
+            self._state, buf, ffi.NULL, self._tag, ciphertext, len(ciphertext), ffi.NULL, 0
         )
         # The tag is not enforced, as in Node: TAG_FINAL only marks an end it never sends.
-        return ffi.buffer(self._buf, mlen)[:] if rc == 0 else None
+        return ffi.buffer(buf, mlen)[:] if rc == 0 else None
 
 
 def frame(payload: bytes) -> bytes:
@@ -164,6 +164,15 @@ class SecretStream:
     @property
     def handshake_complete(self) -> bool:
         return self.handshake_hash is not None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the frame being received will hold once complete (its announced length), or
+        what is buffered: the memory this stream is committed to for the remote."""
+        buf = self._inbuf
+        if len(buf) < 3:
+            return len(buf)
+        return max(len(buf), 3 + (buf[0] | buf[1] << 8 | buf[2] << 16))
 
     # --- outgoing ---
 
@@ -232,7 +241,10 @@ class SecretStream:
         except WireError:
             self._fail()
             raise
-        del buf[:pos]
+        if pos == len(buf):
+            buf.clear()  # frees the storage a big frame grew it to
+        else:
+            del buf[:pos]
         return events
 
     def _fail(self) -> None:
