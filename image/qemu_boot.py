@@ -71,6 +71,15 @@ DTBS = {"raspi3b": "bcm2837-rpi-3-b.dtb", "raspi4b": "bcm2711-rpi-4-b.dtb"}
 # of every board profile (hyperpi.device.boards).
 BUTTON_PINS = (4, 5, 6, 16, 17, 22, 23, 24, 27)
 
+# The emulated Pi's clock follows the instructions it runs, not the host's clock. By default TCG
+# runs each emulated core in a host thread and the guest's clock is the host's: on a loaded 2-core
+# host a core can sit descheduled for a few hundred ms, and the guest kernel's SPI transfer timeout
+# (twice the transfer's time on the wire plus 200 ms, drivers/spi/spi.c) then fires for a transfer
+# that simply had not been run yet (frames failed with ETIMEDOUT in some boot tests, and in CI).
+# With -icount the guest sees time pass only while it executes, as on a Pi; `shift=auto` keeps its
+# clock near real time over seconds. (All cores then share one host thread.)
+GUEST_CLOCK = ("-icount", "shift=auto")
+
 # Device nodes the guest check reports: the buses and pins the HATs use.
 GUEST_NODES = ("/dev/spidev0.0", "/dev/spidev0.1", "/dev/i2c-1", "/dev/gpiochip0")
 GUEST_DIR = "/usr/local/lib/hyperpi-boot-check"  # only in the harness's copy
@@ -189,7 +198,7 @@ class Machine:
         # The Pi 3's PL011 (ttyAMA0) is claimed by the Bluetooth node of its tree, so Debian's
         # console is the mini UART (ttyS1); QEMU maps its first -serial to the PL011 and the
         # second to the mini UART. Both go to logs, so early output is seen whichever works.
-        command = ["qemu-system-aarch64", "-M", self.machine, *common,
+        command = ["qemu-system-aarch64", "-M", self.machine, *common, *GUEST_CLOCK,
                    "-append", self._kernel_args("ttyAMA0", "ttyS1"),
                    "-drive", f"file={self.disk},if=sd,format=raw",
                    "-serial", f"file:{self.workdir / 'uart0.log'}", "-serial", f"file:{self.log}"]

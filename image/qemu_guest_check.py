@@ -97,6 +97,9 @@ def facts():
     out["service_user_groups"] = sh("id", "-nG", "hyperpi").stdout.split()
     out["timesync"] = os.path.exists("/run/systemd/timesync/synchronized")
     out["service_log"] = service_log().splitlines()[-60:]
+    # The kernel's own complaints about the buses (e.g. "SPI transfer timed out").
+    out["kernel_bus_errors"] = [line for line in sh("dmesg", "--level", "err,warn").stdout.splitlines()
+                                if re.search(r"spi|i2c|gpio", line, re.IGNORECASE)][-20:]
     return out
 
 

@@ -1,4 +1,4 @@
-"""The service's memory budget (issue 5): no OpenSSL in the service process, heap trimming."""
+"""The service's 40 MB memory budget (README "The device"): no OpenSSL in the service process, heap trimming."""
 
 from __future__ import annotations
 

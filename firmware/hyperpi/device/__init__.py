@@ -12,7 +12,7 @@ import sys
 # Modules the service process never loads. asyncio imports `ssl` only to offer TLS, which the
 # device never speaks (its connections are Noise streams); hashlib falls back to CPython's own
 # BLAKE2b and SHA-512, the only hashes the firmware uses. Together they would map OpenSSL's
-# libcrypto and libssl: ~4.5 MB of RSS against the service's 40 MB budget (issue 5).
+# libcrypto and libssl: ~4.5 MB of RSS against the service's 40 MB budget (README "The device", memory).
 WITHOUT_MODULES = ("ssl", "_hashlib")
 
 
