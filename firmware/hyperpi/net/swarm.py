@@ -27,6 +27,12 @@ mDNS is a hint, TCP is the truth: an mDNS record only starts dialling. A peer st
 connected while its connection lives (keepalives every 5 s, `IDLE_TIMEOUT` of silence
 closes it), whatever mDNS says, and a dead peer's cached record only costs a retry every
 `MAX_BACKOFF` seconds until the record expires or is replaced.
+
+Connections are capped below the open-file limit (`connection_cap`, counting handshakes in
+progress). At the cap, a new connection evicts the oldest one whose peer has not opened a
+channel for a feed we share; a peer that shares a feed is never evicted for a stranger, and
+when every slot holds one, the newcomer is refused. Repeated log lines (per kind) are
+rate-limited (`RateLimitFilter`), so a flood of bad connections cannot flood the journal.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import resource
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,6 +70,18 @@ MAX_BACKOFF = 10.0
 # restart is bridged at once, but not zero, so a peer refusing us is not hammered.
 RECONNECT_DELAY = 0.2
 
+# File descriptors kept free for all but peers: the store (SQLite and its WAL), mDNS sockets,
+# the display, GPIO and logs. The rest of RLIMIT_NOFILE may go to connections, so a flood of
+# connections never makes accept() or the store fail with EMFILE.
+FD_RESERVE = 64
+# Connections at most, whatever the fd limit: a LAN chat has a handful of peers, and memory
+# per connection (bounded in stream.py) adds up.
+MAX_CONNECTIONS = 256
+# Log lines of one kind (same logger and format) written per interval; the rest are counted
+# and the count is added to the next line written.
+LOG_BURST = 5
+LOG_INTERVAL = 10.0
+
 ConnectionHandler = Callable[[EncryptedConnection], Awaitable[None]]
 Address = tuple[str, int]
 
@@ -75,6 +95,56 @@ def parse_peer(text: str) -> Address:
     return host, int(port_text)
 
 
+def connection_cap() -> int:
+    """How many connections the swarm may hold: MAX_CONNECTIONS, less if RLIMIT_NOFILE is low."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets LOG_BURST records of a kind through per LOG_INTERVAL seconds; counts the rest."""
+
+    def __init__(self, burst: int = LOG_BURST, interval: float = LOG_INTERVAL) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval
+        self._kinds: dict[tuple[str, str], list[float]] = {}  # -> [window start, written, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        kind = (record.name, str(record.msg)[:200])
+        state = self._kinds.get(kind)
+        if state is None or now - state[0] >= self.interval:
+            if len(self._kinds) > 1000:  # bounded: forget old kinds
+                self._kinds.clear()
+            dropped = int(state[2]) if state else 0
+            self._kinds[kind] = [now, 1, 0]
+            if dropped:
+                record.msg = f"{record.msg} ({dropped} more like this in {self.interval:g} s not logged)"
+            return True
+        if state[1] < self.burst:
+            state[1] += 1
+            return True
+        state[2] += 1
+        return False
+
+
+_RATE_LIMIT = RateLimitFilter()
+# Loggers that peers can make write: ours on the network path, and asyncio's (it reports an
+# accept() that failed for want of file descriptors once a second, with a traceback).
+RATE_LIMITED_LOGGERS = ("hyperpi.net.stream", "hyperpi.net.swarm", "hyperpi.net.replication", "asyncio")
+
+
+def rate_limit_network_logs() -> None:
+    """Install the shared RateLimitFilter on RATE_LIMITED_LOGGERS (idempotent)."""
+    for name in RATE_LIMITED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _RATE_LIMIT not in logger.filters:
+            logger.addFilter(_RATE_LIMIT)
+
+
 def keeps_new(public_key: bytes, remote_key: bytes, old_dialled: bool, new_dialled: bool) -> bool:
     """The duplicate rule (module docstring): should a new connection to `remote_key`
     replace the old one? `*_dialled`: whether we dialled that connection (its initiator)."""
@@ -85,6 +155,25 @@ def keeps_new(public_key: bytes, remote_key: bytes, old_dialled: bool, new_diall
         return public_key if we_dialled else remote_key
 
     return dialler(new_dialled) < dialler(old_dialled)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A connection holding a file descriptor: handshaking (`conn` None) or established."""
+
+    writer: asyncio.StreamWriter | None
+    started: float = field(default_factory=time.monotonic)
+    conn: EncryptedConnection | None = None
+
+    @property
+    def shares_feed(self) -> bool:
+        return self.conn is not None and self.conn.shares_feed
+
+    def evict(self, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close(reason)
+        elif self.writer is not None:
+            self.writer.close()
 
 
 @dataclass
@@ -115,8 +204,11 @@ class Swarm:
         on_connection: ConnectionHandler | None = None,
         interfaces: InterfaceChoice | list[str] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         self.keypair = keypair
+        self.max_connections = connection_cap() if max_connections is None else max_connections
+        self._slots: set[_Slot] = set()  # every connection holding an fd, see _make_room
         self.on_connection = on_connection
         self._host = host
         self._port = port
@@ -156,6 +248,7 @@ class Swarm:
 
     async def start(self) -> None:
         """Listen, start discovery (unless mdns=False), and dial the static peers."""
+        rate_limit_network_logs()
         self._server = await asyncio.start_server(self._on_accept, self._host, self._port)
         if self._mdns:
             self.discovery = Discovery(
@@ -273,7 +366,15 @@ class Swarm:
                     conn.close("connected to ourselves")
                     return
                 self._address_keys[address] = remote
-                await self._run(conn)
+                if self._make_room():
+                    slot = _Slot(None, conn=conn)
+                    self._slots.add(slot)
+                    try:
+                        await self._run(conn)
+                    finally:
+                        self._slots.discard(slot)
+                else:
+                    conn.close(f"connection cap of {self.max_connections} reached, every slot shares a feed")
                 await asyncio.sleep(RECONNECT_DELAY)
         finally:
             if self._dialling.get(address) is asyncio.current_task():
@@ -284,6 +385,12 @@ class Swarm:
     async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if not self._make_room():
+            log.warning("connection cap of %d reached (every slot shares a feed): refused a new one", self.max_connections)
+            writer.close()
+            return
+        slot = _Slot(writer)
+        self._slots.add(slot)
         self._tasks.add(task)
         try:
             try:
@@ -292,12 +399,29 @@ class Swarm:
                 log.info("handshake with an incoming peer failed: %s", error.reason)
                 writer.close()
                 return
+            slot.conn = conn
             if self._stopping or conn.remote_public_key == self.keypair.public_key:
                 conn.close("swarm stopped" if self._stopping else "connected to ourselves")
                 return
             await self._run(conn)
         finally:
+            self._slots.discard(slot)
             self._tasks.discard(task)
+
+    def _make_room(self) -> bool:
+        """Make sure a new connection fits under the cap: evict the oldest connection whose
+        peer shares no feed with us. False if every slot holds a peer that shares one."""
+        if len(self._slots) < self.max_connections:
+            return True
+        strangers = [slot for slot in self._slots if not slot.shares_feed]
+        if not strangers:
+            return False
+        victim = min(strangers, key=lambda slot: slot.started)
+        self._slots.discard(victim)
+        age = time.monotonic() - victim.started
+        log.info("connection cap of %d reached: evicting a peer that shares no feed (connected %.0f s)", self.max_connections, age)
+        victim.evict(f"evicted after {age:.0f} s sharing no feed (connection cap of {self.max_connections} reached)")
+        return True
 
     # -- one connection --------------------------------------------------------------
 
