@@ -10,15 +10,16 @@ follows that core like any feed, so an entry not signed by the owner cannot exis
     {"type": "presets",  "presets": ["Hello!", "On my way"]}
 
 KEY is z-base-32, hex or a `HYPERPI:` payload. An optional `"device": KEY` (the device's feed
-key) limits an entry to one device when an owner has several. Malformed entries raise
-ValueError; the service logs and skips them, so one bad entry never blocks the ones after it.
+key) limits an entry to one device when an owner has several. Malformed entries, and those over
+the size or nesting limits (`hyperpi.blockjson`), raise ValueError; the service logs and skips
+them, so one bad entry never blocks the ones after it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from hyperpi import blockjson
 from hyperpi.hypercore.keys import parse_key
 
 from .config import MAX_NAME_CHARS, MAX_PRESET_CHARS, MAX_PRESETS
@@ -38,11 +39,11 @@ class ControlEntry:
 
 def parse_entry(block: bytes) -> ControlEntry:
     """One control-feed block; ValueError saying what is wrong with it."""
-    if len(block) > MAX_ENTRY_BYTES:
-        raise ValueError(f"entry of {len(block)} bytes is over the {MAX_ENTRY_BYTES}-byte limit")
     try:
-        value = json.loads(block.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        value = blockjson.decode(block, MAX_ENTRY_BYTES)
+    except blockjson.BadBlock as error:
+        raise ValueError(f"entry refused: {error}") from None
+    except ValueError:  # also UnicodeDecodeError
         raise ValueError("entry is not JSON") from None
     if not isinstance(value, dict) or value.get("type") not in KINDS:
         raise ValueError(f"entry type must be one of {', '.join(KINDS)}")

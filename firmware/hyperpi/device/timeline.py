@@ -2,7 +2,8 @@
 
 It reads blocks through a three-member protocol (`key`, `length`, `get(i)`), so it works on a real
 `hyperpi.hypercore.Core` and on plain lists in tests. Everything read from other feeds is
-untrusted: blocks are size-capped before parsing, text is stripped of control and format
+untrusted: blocks are size- and depth-capped before parsing (`hyperpi.blockjson`; a block over
+a limit shows as "[N bytes]" and is logged once per feed), text is stripped of control and format
 characters and length-capped, claimed times cannot lie in the future, and a feed that floods is
 kept to a short history and collapsed on screen so it cannot push the others away.
 """
@@ -10,6 +11,7 @@ kept to a short history and collapsed on screen so it cannot push the others awa
 from __future__ import annotations
 
 import json
+import logging
 import time
 import unicodedata
 from collections import deque
@@ -17,7 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from hyperpi import blockjson
 from hyperpi.hypercore.keys import z32_encode
+
+log = logging.getLogger("hyperpi.device")
 
 MAX_BLOCK_BYTES = 4096  # larger blocks are not chat: shown as "[N bytes]", never parsed
 MAX_TEXT_CHARS = 280  # about 5 screens of the 128x64 OLED; longer text is cut with an ellipsis
@@ -85,17 +90,23 @@ def sanitize(text: str, limit: int = MAX_TEXT_CHARS) -> str:
 
 def decode_block(data: bytes) -> tuple[str, int | None, str]:
     """(text, claimed time in ms or None, nick) of one block, whatever it holds."""
-    if len(data) > MAX_BLOCK_BYTES:
-        return f"[{len(data)} bytes]", None, ""
     try:
-        text = data.decode("utf-8")
+        return _decode(data)
+    except blockjson.BadBlock:
+        return f"[{len(data)} bytes]", None, ""
+
+
+def _decode(data: bytes) -> tuple[str, int | None, str]:
+    """As decode_block, but BadBlock for a block over the size or nesting limit."""
+    try:
+        value = blockjson.decode(data, MAX_BLOCK_BYTES)
     except UnicodeDecodeError:
         preview = data[:16].hex(" ")
         return f"[{len(data)} bytes: {preview}{' …' if len(data) > 16 else ''}]", None, ""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return sanitize(text), None, ""
+    except blockjson.BadBlock:
+        raise
+    except ValueError:  # not JSON: plain text from another tool
+        return sanitize(data.decode("utf-8")), None, ""
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         # A chat block ({"type": "chat", "text", "time", "nick"}), or anything with a text field; extra fields ignored.
         claimed = value.get("time")
@@ -131,6 +142,7 @@ class Timeline:
         self._read_to: dict[bytes, int] = {}  # next block index to read, per feed
         self._seen: dict[bytes, int] = dict(seen or {})  # blocks below this were seen on screen
         self._peer_lengths: dict[object, dict[bytes, int]] = {}
+        self._refused: set[bytes] = set()  # feeds with a block over the limits, logged once
 
     # -- feeds ---------------------------------------------------------------------------
     def update(self, feed: FeedSource) -> list[Message]:
@@ -151,7 +163,16 @@ class Timeline:
             except KeyError:  # not held after all: read it on the next update
                 length = index
                 break
-            text, claimed, nick = decode_block(block)
+            try:
+                text, claimed, nick = _decode(block)
+            except blockjson.BadBlock as error:
+                text, claimed, nick = f"[{len(block)} bytes]", None, ""
+                if key not in self._refused:  # once per feed: a hostile feed cannot flood the log
+                    self._refused.add(key)
+                    log.warning(
+                        "feed %s: block %d not read (%s), shown as %s; others like it are not logged",
+                        self.name_of(key), index, error, text,
+                    )  # fmt: skip
             t = now_ms if claimed is None else min(claimed, now_ms)
             if msgs:  # a feed's own messages stay in the order it wrote them
                 t = max(t, msgs[-1].time_ms)
