@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import sys
 import threading
@@ -18,15 +20,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hyperpi import blockjson
 from hyperpi.device.timeline import sanitize
 from hyperpi.hypercore import Core, HypercoreError, Store, parse_key, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import DEFAULT_PORT
 
-from . import netrun
+from . import home, netrun
 from .cli import UserError
 
 FEED_FILE = "chat-feed"  # the key (hex) of the feed this store writes
+MAX_QUEUED_LINES = 256  # stdin lines read ahead of the appends; reading waits while it is full
+APPEND_RETRY_SECONDS = 5.0  # a failed append (full disk) is tried again this often, the line kept
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,18 +77,47 @@ def _run_write(args: argparse.Namespace) -> int:
     print(z32_encode(core.key), flush=True)
 
     async def body(stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-
-        def on_line(line: str | None) -> None:
-            if line is None:
-                return  # end of input: keep serving the feed until interrupted
-            message = {"type": "chat", "text": line, "time": int(time.time() * 1000), "nick": args.nick}
-            core.append([json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()])
-
-        _read_lines_in_thread(lambda line: loop.call_soon_threadsafe(on_line, line))
-        await stop.wait()
+        lines: asyncio.Queue[str | None] = asyncio.Queue(MAX_QUEUED_LINES)
+        _read_lines_in_thread(asyncio.get_running_loop(), lines)
+        appender = asyncio.ensure_future(_append_lines(core, lines, args.nick))
+        await asyncio.wait([appender, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        appender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await appender  # an error raised there (lines not appended) ends the command
 
     return _run_with_swarm(args, options, store, core, body)
+
+
+async def _append_lines(core: Core, lines: asyncio.Queue[str | None], nick: str) -> None:
+    """Append each line as a chat message; at end of input, keep serving until interrupted.
+    A line that cannot be appended (full disk) is kept and tried again: nothing is dropped."""
+    while (line := await lines.get()) is not None:
+        message = {"type": "chat", "text": line, "time": int(time.time() * 1000), "nick": nick}
+        block = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        failed = False
+        while True:
+            try:
+                core.append([block])
+                break
+            except ValueError as error:  # too large: no retry can help
+                print(f"hyperpi: line not appended: {error}", file=sys.stderr, flush=True)
+                break
+            except HypercoreError as error:
+                if not failed:  # one line per failure, not one per retry
+                    print(
+                        f"hyperpi: cannot append ({error}); the line is kept and tried again "
+                        f"every {APPEND_RETRY_SECONDS:.0f} s (Ctrl-C gives up)",
+                        file=sys.stderr, flush=True,
+                    )  # fmt: skip
+                failed = True
+                try:
+                    await asyncio.sleep(APPEND_RETRY_SECONDS)
+                except asyncio.CancelledError:
+                    waiting = 1 + lines.qsize()
+                    raise UserError(f"stopped with {waiting} line(s) not appended, from: {line[:80]!r}", 1) from None
+        if failed:
+            print("hyperpi: the kept line is appended", file=sys.stderr, flush=True)
+    await asyncio.Event().wait()  # end of input: serve the feed until interrupted
 
 
 def _run_view(args: argparse.Namespace) -> int:
@@ -128,14 +162,15 @@ def format_block(block: bytes, *, as_json: bool) -> str:
     """One line for a block: `<nick> text` for chat messages (text from a feed is untrusted:
     control characters are stripped so it cannot drive the terminal), or the JSON as stored."""
     try:
-        value = json.loads(block)
-    except (ValueError, UnicodeDecodeError):
+        value = blockjson.decode(block)
+    except ValueError:  # not JSON, or over the size or nesting limit
         value = None
     if as_json:
         if isinstance(value, dict):
             text = block.decode()
-            # As stored, unless line breaks inside would split the one-object-per-line output.
-            return text if "\n" not in text and "\r" not in text else json.dumps(value, ensure_ascii=False)
+            # As stored, unless it holds what a terminal acts on or reads as a line break (C0 and
+            # C1 controls, bidi overrides, U+2028...): then the same JSON with those \u-escaped.
+            return text if text.isprintable() else _escape_unprintable(json.dumps(value, ensure_ascii=False))
         return json.dumps({"type": "raw", "hex": block.hex()})
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         nick = value.get("nick") if isinstance(value.get("nick"), str) else "?"
@@ -143,6 +178,12 @@ def format_block(block: bytes, *, as_json: bool) -> str:
     if value is not None:
         return sanitize(json.dumps(value, ensure_ascii=False))
     return f"[{len(block)} bytes]"
+
+
+def _escape_unprintable(text: str) -> str:
+    # Only JSON strings can hold such characters (json.dumps puts none between tokens), and
+    # json.dumps(ch) is ch's \u escape (a surrogate pair above U+FFFF).
+    return "".join(ch if ch.isprintable() else json.dumps(ch)[1:-1] for ch in text)
 
 
 def _open_store(path: Path) -> Store:
@@ -164,18 +205,35 @@ def _own_feed(store: Store, folder: Path) -> Core:
                 raise UserError(f"{folder} holds no secret key for its chat feed; it cannot write")
             return core
         core = Core.create(store)
-        marker.write_text(core.key.hex() + "\n")
+        home.write_atomic(marker, (core.key.hex() + "\n").encode(), home.SECRET_MODE)  # as the store's files
         return core
     except (HypercoreError, ValueError) as error:
         raise UserError(f"cannot open the chat feed in {folder}: {error}") from None
+    except OSError as error:
+        raise UserError(f"cannot open the chat feed in {folder}: {error.strerror}") from None
 
 
-def _read_lines_in_thread(deliver: Callable[[str | None], None]) -> None:
+def _read_lines_in_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
+    """Put each stdin line in `lines`, then None; waits while `lines` is full."""
+
+    def put(line: str | None) -> None:
+        put_line = lines.put(line)
+        try:
+            asyncio.run_coroutine_threadsafe(put_line, loop).result()
+        except RuntimeError:  # the loop is closed: the command is ending
+            put_line.close()
+            raise
+
     # stdin may be a terminal, a pipe or a file: a thread reads any of them the same way.
+    # (Through the text layer: a daemon thread blocked in sys.stdin.buffer aborts the exit.)
     def reader() -> None:
-        for line in sys.stdin:
-            deliver(line.rstrip("\r\n"))
-        deliver(None)
+        sys.stdin.reconfigure(encoding="utf-8", errors="replace")  # a stray byte is no fatal error
+        try:
+            for line in sys.stdin:
+                put(line.rstrip("\r\n"))
+            put(None)
+        except (RuntimeError, concurrent.futures.CancelledError):
+            pass  # the command is ending
 
     threading.Thread(target=reader, name="stdin", daemon=True).start()
 
