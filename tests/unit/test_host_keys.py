@@ -255,6 +255,20 @@ def test_owner_identity_has_a_control_feed(hyperpi_home: Path, capsys: pytest.Ca
         keys.load_control_keypair("kitchen")
 
 
+def test_rm_owner_removes_the_control_feed_secret(hyperpi_home: Path, capsys: pytest.CaptureFixture) -> None:
+    from hyperpi.hypercore import Core, Store
+
+    run(capsys, "keys", "new", "--owner", "ana")
+    control = keys.load_identity("ana").control_feed_key
+    assert control is not None
+    secret = hyperpi_home / "store" / "keys" / f"{control.hex()}.secret"
+    assert mode(secret) == 0o600
+    assert run(capsys, "keys", "rm", "ana", "--yes")[0] == 0
+    assert not secret.exists()
+    with Store(hyperpi_home / "store") as store:  # the signed entries stay, nobody can add more
+        assert not Core.open(store, control).writable
+
+
 def test_cli_errors_have_no_traceback(hyperpi_home: Path) -> None:
     # Through the installed console script, as a user runs it.
     result = subprocess.run(

@@ -35,6 +35,8 @@ DB_NAME = "cores.db"
 KEYS_DIR = "keys"
 FORMAT = "hyperpi-store-1"
 SECRET_KEY_BYTES = 64
+DIR_MODE = 0o700  # the store and its keys/ folder
+FILE_MODE = 0o600  # cores.db (and so its -wal and -shm files) and the secret key files
 WAL_CHECKPOINT_PAGES = 8192  # x 4 KiB pages = 32 MiB of WAL between automatic checkpoints
 
 SCHEMA = """
@@ -68,14 +70,15 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.db_path = self.path / DB_NAME
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.keys_dir.mkdir(mode=0o700, exist_ok=True)
-            if stat.S_IMODE(self.keys_dir.stat().st_mode) & 0o077:
-                os.chmod(self.keys_dir, 0o700)  # a key folder others can list leaks key names
+            # Modes are set, not left to the umask (000 would make all of it world-writable).
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=DIR_MODE, exist_ok=True)
+            self.keys_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+            _tighten(self.keys_dir, DIR_MODE)  # a key folder others can list leaks key names
         except OSError as error:
             raise StorageError(f"cannot use {self.path} as a store: {error.strerror}") from None
-        self.db_path = self.path / DB_NAME
         self._cores: dict[bytes, Core] = {}
         self._depth = 0  # nesting of transaction()
         self._deferred: dict[str, list[tuple]] = {}  # see defer()
@@ -83,12 +86,19 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         try:
             self.db = sqlite3.connect(self.db_path, isolation_level=None)
+            # SQLite creates the database 0644 less the umask, and its -wal and -shm files with
+            # the database's mode: tightened before _setup opens the WAL, all three are 0600.
+            for suffix in ("", "-wal", "-shm"):
+                _tighten(self.path / (DB_NAME + suffix), FILE_MODE)
             self._setup()
         except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: undecodable schema text
             with contextlib.suppress(Exception):
                 self.db.close()
             reason = error if isinstance(error, sqlite3.DatabaseError) else "unreadable schema"
             raise CorruptStore(f"{self.db_path} is damaged or not a hyperpi store ({reason})") from None
+        except OSError as error:
+            self.db.close()
+            raise StorageError(f"cannot use {self.path} as a store: {error.strerror}") from None
 
     @property
     def keys_dir(self) -> Path:
@@ -217,7 +227,7 @@ class Store:
         tmp = path.with_suffix(".tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.write(fd, secret_key)
             os.fsync(fd)
@@ -227,6 +237,15 @@ class Store:
         dir_fd = os.open(self.keys_dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # make the rename itself survive a power cut
+        finally:
+            os.close(dir_fd)
+
+    def delete_secret_key(self, key: bytes) -> None:
+        """Remove a core's secret key file (the core stays, read-only); no file is no error."""
+        self.secret_key_path(key).unlink(missing_ok=True)
+        dir_fd = os.open(self.keys_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # gone for good, even after a power cut
         finally:
             os.close(dir_fd)
 
@@ -246,6 +265,13 @@ class Store:
         if len(data) != SECRET_KEY_BYTES:
             raise CorruptStore(f"secret key file {path} is damaged ({len(data)} bytes, expected 64)")
         return data
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Give `path`, if it exists, `mode` when group or others have any access to it."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, mode)
 
 
 @contextlib.contextmanager
