@@ -27,6 +27,7 @@ from hyperpi.hypercore.keys import (
     parse_key,
     z32_encode,
 )
+from hyperpi import blockjson
 from hyperpi.hypercore import Core, HypercoreError, Store
 from hyperpi_host import home
 from hyperpi_host.cli import UserError
@@ -207,7 +208,7 @@ def _encode_secrets(name: str, keypair: KeyPair, control: KeyPair | None) -> byt
 def _decode_secrets(raw: bytes, where: str) -> tuple[KeyPair, KeyPair | None]:
     """Parse and check an identity secret (file or export); the key pairs are rebuilt from seeds."""
     try:
-        data = json.loads(raw)
+        data = blockjson.decode(raw, home.MAX_SECRET_BYTES)  # an export may come from anyone: bounded
         if data.get("format") != EXPORT_FORMAT or data.get("version") != EXPORT_VERSION:
             raise ValueError
         keypair = _keypair_from_hex(data["secret_key"])

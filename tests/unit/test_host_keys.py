@@ -269,6 +269,14 @@ def test_rm_owner_removes_the_control_feed_secret(hyperpi_home: Path, capsys: py
         assert not Core.open(store, control).writable
 
 
+def test_import_of_nested_json_is_one_line(hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    hostile = tmp_path / "nested.key"
+    home.write_secret(hostile, b"[" * 5000 + b"]" * 5000)  # an "export" someone sent: RecursionError unbounded
+    code, _, err = run(capsys, "keys", "import", "bea", str(hostile))
+    assert code == 2 and err == f"hyperpi: {hostile} is not a hyperpi key export (or it is damaged)\n"
+    assert not keys.exists("bea")
+
+
 def test_cli_errors_have_no_traceback(hyperpi_home: Path) -> None:
     # Through the installed console script, as a user runs it.
     result = subprocess.run(
