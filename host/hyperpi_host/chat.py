@@ -117,6 +117,7 @@ async def _append_lines(core: Core, lines: asyncio.Queue[str | None], nick: str)
                     raise UserError(f"stopped with {waiting} line(s) not appended, from: {line[:80]!r}", 1) from None
         if failed:
             print("hyperpi: the kept line is appended", file=sys.stderr, flush=True)
+        await asyncio.sleep(0)  # a burst of piped lines must not hold replication up
     await asyncio.Event().wait()  # end of input: serve the feed until interrupted
 
 
