@@ -41,7 +41,7 @@ MAX_FRAME_SIZE = 2**24 - 1
 MAX_SETUP_FRAME = 1024
 # Scratch buffer kept for encrypting and decrypting; a bigger message gets a buffer of its own
 # that is freed with it, so one 16 MiB frame does not pin 16 MiB for the connection's life.
-SCRATCH_BYTES = 64 * 1024
+SCRATCH_BYTES = 4096
 
 HEADER_BYTES = 24  # crypto_secretstream_xchacha20poly1305_HEADERBYTES
 ABYTES = 17  # 1 encrypted tag byte + 16-byte MAC per message
@@ -92,14 +92,14 @@ class _Pull:
         self._tag = ffi.new("unsigned char *")
         self._buf = ffi.new("unsigned char[]", SCRATCH_BYTES)
 
-    def pull(self, ciphertext: bytes) -> bytes | None:
+    def pull(self, ciphertext: bytes | memoryview) -> bytes | None:
         """The plaintext, or None when the message fails authentication."""
         if len(ciphertext) < ABYTES:
             return None
         mlen = len(ciphertext) - ABYTES
         buf = self._buf if len(self._buf) >= mlen + 1 else ffi.new("unsigned char[]", mlen + 1)
         rc = lib.crypto_secretstream_xchacha20poly1305_pull(
-            self._state, buf, ffi.NULL, self._tag, ciphertext, len(ciphertext), ffi.NULL, 0
+            self._state, buf, ffi.NULL, self._tag, ffi.from_buffer(ciphertext), len(ciphertext), ffi.NULL, 0
         )
         # The tag is not enforced, as in Node: TAG_FINAL only marks an end it never sends.
         return ffi.buffer(buf, mlen)[:] if rc == 0 else None
@@ -226,18 +226,20 @@ class SecretStream:
                     raise FrameError("zero-length frame")
                 if len(buf) - pos - 3 < n:
                     break
-                payload = bytes(buf[pos + 3 : pos + 3 + n])
+                start = pos + 3
                 pos += 3 + n
                 if self._phase == _OPEN:  # the hot path, inlined
-                    plaintext = self._pull.pull(payload)  # type: ignore[union-attr]
+                    # Decrypted in place of a copy: a 16 MiB frame is not held twice more.
+                    with memoryview(buf) as view, view[start:pos] as payload:
+                        plaintext = self._pull.pull(payload)  # type: ignore[union-attr]
                     if plaintext is None:
                         raise FrameError("message failed authentication (bad MAC or out of order)")
                     if plaintext:  # empty plaintexts are keepalives
                         events.append(Message(plaintext))
                 elif self._phase == _HANDSHAKE:
-                    self._on_handshake(payload, events)
+                    self._on_handshake(bytes(buf[start:pos]), events)
                 else:
-                    self._on_header(payload)
+                    self._on_header(bytes(buf[start:pos]))
         except WireError:
             self._fail()
             raise
