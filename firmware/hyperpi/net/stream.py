@@ -242,6 +242,8 @@ class EncryptedConnection:
         if self.close_reason is None:
             self.close_reason = reason
         self._budget.set(self, 0)
+        self._stream.close()  # a partial frame of up to 16 MiB is not kept until the object goes
+        self._inbox.clear()
         if self._keepalive_task is not None and self._keepalive_task is not asyncio.current_task():
             self._keepalive_task.cancel()
         self._writer.close()

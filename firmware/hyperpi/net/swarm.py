@@ -38,6 +38,8 @@ rate-limited (`RateLimitFilter`), so a flood of bad connections cannot flood the
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import random
 import resource
@@ -81,6 +83,10 @@ MAX_CONNECTIONS = 256
 # and the count is added to the next line written.
 LOG_BURST = 5
 LOG_INTERVAL = 10.0
+
+# After connections end, freed memory is handed back to the OS at most this often. glibc keeps
+# freed heap memory for reuse, so without it a flood of peers would leave its peak behind.
+TRIM_INTERVAL = 2.0
 
 ConnectionHandler = Callable[[EncryptedConnection], Awaitable[None]]
 Address = tuple[str, int]
@@ -143,6 +149,17 @@ def rate_limit_network_logs() -> None:
         logger = logging.getLogger(name)
         if _RATE_LIMIT not in logger.filters:
             logger.addFilter(_RATE_LIMIT)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def keeps_new(public_key: bytes, remote_key: bytes, old_dialled: bool, new_dialled: bool) -> bool:
@@ -225,6 +242,7 @@ class Swarm:
         self._dialling_keys: set[bytes] = set()  # peers with a dial in progress
         self._tasks: set[asyncio.Task[None]] = set()  # incoming handlers
         self._server: asyncio.Server | None = None
+        self._trim: asyncio.TimerHandle | None = None
         self.discovery: Discovery | None = None
         self._stopping = False
 
@@ -267,6 +285,8 @@ class Swarm:
         if self._stopping:
             return
         self._stopping = True
+        if self._trim is not None:
+            self._trim.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._dialling.values()):
@@ -373,6 +393,7 @@ class Swarm:
                         await self._run(conn)
                     finally:
                         self._slots.discard(slot)
+                        self._release_memory()
                 else:
                     conn.close(f"connection cap of {self.max_connections} reached, every slot shares a feed")
                 await asyncio.sleep(RECONNECT_DELAY)
@@ -407,6 +428,17 @@ class Swarm:
         finally:
             self._slots.discard(slot)
             self._tasks.discard(task)
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        """Soon, give the memory freed by ended connections back to the OS (TRIM_INTERVAL)."""
+        if _malloc_trim is not None and self._trim is None and not self._stopping:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_INTERVAL, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     def _make_room(self) -> bool:
         """Make sure a new connection fits under the cap: evict the oldest connection whose

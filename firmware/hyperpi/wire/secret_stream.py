@@ -249,6 +249,10 @@ class SecretStream:
             del buf[:pos]
         return events
 
+    def close(self) -> None:
+        """The connection is gone: free the buffers; every later call raises."""
+        self._fail()
+
     def _fail(self) -> None:
         self._phase = _FAILED
         self._inbuf = bytearray()
