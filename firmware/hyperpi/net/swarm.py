@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import random
 import resource
@@ -437,6 +438,7 @@ class Swarm:
 
     def _trim_now(self) -> None:
         self._trim = None
+        gc.collect()  # a connection's objects form cycles: free them (and their buffers) now
         if _malloc_trim is not None:
             _malloc_trim(0)
 
