@@ -161,7 +161,7 @@ def test_a_peer_that_stops_reading_holds_little_and_is_dropped(tmp_path: Path, m
                 while not conns[0].closed:
                     peak = max(peak, conns[0].write_buffer_size)
                     await asyncio.sleep(0.01)
-            assert "read nothing for 1 s" in (conns[0].close_reason or "")
+            assert "stopped reading" in (conns[0].close_reason or "")
             assert peak <= ns.WRITE_BUFFER_HIGH + REPLY_BATCH * (size + 1024)
             conn.close()
         finally:
