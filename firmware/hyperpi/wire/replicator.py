@@ -89,8 +89,9 @@ MAX_PARKED_BYTES = 4 * 1024 * 1024
 # (MAX_INFLIGHT); a remote past twice that is flooding us and is disconnected.
 MAX_REMOTE_REQUESTS = 2 * MAX_INFLIGHT
 # Requests answered per `frames_to_send` call. A proof takes ~60 us on a laptop and a few
-# times that on a Pi, so a batch stays well under the 50 ms the event loop may be held.
-REPLY_BATCH = 64
+# times that on a Pi; the adapter lets every other peer run between two batches, so with 50
+# busy peers an honest one still waits well under a second for its turn.
+REPLY_BATCH = 16
 
 
 class ReplicationError(WireError):
