@@ -44,9 +44,9 @@ MAX_CHANNEL_ID = 65536
 MAX_BATCH = 8 * 1024 * 1024
 # Messages in one received batch frame. Every decoded message is an event object (~200 bytes)
 # held until the frame is handled, so 5 MB of 10-byte requests would cost ~100 MB. Node sends a
-# few per channel plus its replies to our requests (at most 512 per core in flight), so a
-# bigger batch is a flood.
-MAX_BATCH_MESSAGES = 8192
+# few per channel plus its replies to our requests (at most 512 per core in flight, and its cork
+# is per connection, so replies for many cores can share a frame): 64 cores' worth fits.
+MAX_BATCH_MESSAGES = 32768
 
 Key = tuple[str, "bytes | None"]
 
