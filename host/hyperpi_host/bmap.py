@@ -50,7 +50,7 @@ class Bmap:
     def mapped_bytes(self) -> int:
         return sum(r.end - r.start for r in self.ranges)
 
-    def new_hash(self) -> "hashlib._Hash":
+    def new_hash(self) -> hashlib._Hash:
         return hashlib.new(self.checksum_type or "sha256")
 
 

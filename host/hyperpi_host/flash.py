@@ -31,9 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from hyperpi_host import blockdev
 from hyperpi_host.bmap import Bmap, BmapError, find_bmap, read_bmap
@@ -446,7 +446,7 @@ def _verify(target: _Target, segments: list[_Segment], bmap: Bmap | None,
     data = _read_back(target, spans)
     verified = 0
 
-    def read_into(digest: "hashlib._Hash", count: int) -> None:
+    def read_into(digest: hashlib._Hash, count: int) -> None:
         nonlocal verified
         while count > 0:
             _, piece = next(data)

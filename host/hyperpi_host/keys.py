@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperpi import blockjson
+from hyperpi.hypercore import Core, HypercoreError, Store
 from hyperpi.hypercore.keys import (
     KeyPair,
     core_key,
@@ -27,8 +29,6 @@ from hyperpi.hypercore.keys import (
     parse_key,
     z32_encode,
 )
-from hyperpi import blockjson
-from hyperpi.hypercore import Core, HypercoreError, Store
 from hyperpi_host import home
 from hyperpi_host.cli import UserError
 

@@ -38,7 +38,6 @@ from hyperpi.hypercore.keys import (
     parse_key,
     z32_encode,
 )
-
 from hyperpi_host import ext4fs, fatfs, home
 from hyperpi_host.cli import UserError
 from hyperpi_host.partitions import Partition, PartitionError, boot_and_root

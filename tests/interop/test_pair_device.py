@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 import pytest
+
 from hyperpi.device.config import DeviceConfig
 from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, KeyPair, Store, generate_keypair, z32_encode
@@ -25,7 +26,6 @@ from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import Swarm
 from hyperpi.wire.noise import Keypair
 from hyperpi_host import keys, pair, provision
-
 from tests.unit.test_host_pair import make_device, run
 
 T = TypeVar("T")

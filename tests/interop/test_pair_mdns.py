@@ -14,7 +14,6 @@ from pathlib import Path
 
 from hyperpi.hypercore import generate_keypair, z32_encode
 from hyperpi_host import keys
-
 from tests.netns.conftest import NetnsLan, lan  # noqa: F401 (fixture)
 from tests.unit.test_host_pair import make_device
 

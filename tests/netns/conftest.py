@@ -21,11 +21,11 @@ Creating namespaces needs root: without it the tests are skipped with that reaso
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
-import json
 import subprocess
 import sys
 import threading

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
+
 from hyperpi.device.boards import get_board
 from hyperpi.device.buttons import Buttons
 from hyperpi.device.config import DeviceConfig

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from hyperpi.device.config import EX_CONFIG, ConfigError, load_config
 from hyperpi.hypercore.keys import z32_encode
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from hyperpi.device.config import DeviceConfig, Follow
 from hyperpi.device.control import parse_entry
 from hyperpi.device.service import DeviceService, chat_block

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from gpiozero.pins.mock import MockFactory
+from PIL import Image, ImageDraw
+
 from hyperpi.device.boards import get_board
 from hyperpi.device.display import Display, open_device
-from PIL import Image, ImageDraw
 
 
 class RecordingSPI:

@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageChops
+
 from hyperpi.device.app import DeviceApp
 from hyperpi.device.boards import BOARDS, get_board
 from hyperpi.device.display import Display, open_device
 from hyperpi.device.timeline import Presets, Timeline
 from hyperpi.hypercore import core_key, generate_keypair
-from PIL import Image, ImageChops
 
 FRAMES = Path(__file__).resolve().parent.parent / "fixtures" / "frames"
 REGEN = os.environ.get("HYPERPI_GOLDEN") == "regen"

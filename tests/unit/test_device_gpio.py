@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
+from luma.core.device import dummy
+from PIL import Image
+
 from hyperpi.device import gpio
 from hyperpi.device.boards import get_board
 from hyperpi.device.buttons import ButtonEvent, Buttons
 from hyperpi.device.display import Display, open_device
-from luma.core.device import dummy
-from PIL import Image
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from hyperpi.device import network
 from hyperpi.device.config import ConfigError, DeviceConfig, Follow, load_config
 from hyperpi.device.service import DeviceService

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import zxingcpp
+
 from hyperpi.device.boards import get_board
 from hyperpi.device.display import Display, open_device
 from hyperpi.device.render import render_pairing

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from gpiozero import Button
 from gpiozero.pins.mock import MockFactory, MockPin
+
 from hyperpi.device import gpio, selfcheck
 from hyperpi.device.boards import get_board
 from hyperpi.device.config import EX_CONFIG, DeviceConfig

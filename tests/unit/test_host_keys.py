@@ -13,7 +13,6 @@ import pytest
 
 from hyperpi.hypercore.keys import core_key, discovery_key, generate_keypair, z32_encode
 from hyperpi_host import cli, home, keys
-
 from tests.conftest import run_cli as run
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from hyperpi.device.config import DeviceConfig
 from hyperpi.device.control import parse_entry
 from hyperpi.device.service import DeviceService
@@ -15,7 +16,6 @@ from hyperpi.hypercore import Core, Store, generate_keypair, z32_encode
 from hyperpi.hypercore.keys import qr_payload
 from hyperpi.hypercore.types import BlockRequest, ProofRequest, UpgradeRequest
 from hyperpi_host import keys, pair, provision
-
 from tests.conftest import run_cli as run
 
 

@@ -10,9 +10,8 @@ import pytest
 import zxingcpp
 from PIL import Image, ImageFilter, ImageOps
 
-from hyperpi.hypercore.keys import generate_keypair, core_key, qr_payload, z32_encode
+from hyperpi.hypercore.keys import core_key, generate_keypair, qr_payload, z32_encode
 from hyperpi_host import keys, qr
-
 from tests.conftest import run_cli as run
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")

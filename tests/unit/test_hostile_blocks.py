@@ -19,9 +19,8 @@ import pytest
 from hyperpi.device.config import DeviceConfig, Follow
 from hyperpi.device.control import parse_entry
 from hyperpi.device.service import DeviceService, chat_block
-from hyperpi.hypercore import Core, Store, generate_keypair, z32_encode
+from hyperpi.hypercore import Core, Store, generate_keypair
 from hyperpi_host import keys, pair
-
 from tests.unit.test_device_control import replicate
 
 NOW = 1_700_000_000.0

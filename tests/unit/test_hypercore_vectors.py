@@ -7,15 +7,14 @@ import dataclasses
 
 import pytest
 
-from hyperpi.hypercore import Core, Store, VerificationError
-from hyperpi.hypercore import flat_tree
+from hyperpi.hypercore import Core, Store, VerificationError, flat_tree
 from hyperpi.hypercore.keys import (
+    DEFAULT_ENCRYPTION,
     DEFAULT_NAMESPACE,
     MANIFEST,
     REPLICATE_INITIATOR,
     REPLICATE_RESPONDER,
     TREE,
-    DEFAULT_ENCRYPTION,
     core_key,
     decode_manifest,
     default_manifest,

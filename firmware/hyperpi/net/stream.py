@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from hyperpi.wire.errors import WireError
 from hyperpi.wire.noise import Keypair

@@ -10,7 +10,8 @@ append optional fields at the end of a message.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import DecodeError
 

@@ -25,11 +25,20 @@ rejected, as Node does; the connection stays up. Rule violations raise `MuxError
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
-from .encoding import DecodeError, State, decode_optional_buffer, decode_string, decode_uint, encode_optional_buffer, encode_string, encode_uint
+from .encoding import (
+    DecodeError,
+    State,
+    decode_optional_buffer,
+    decode_string,
+    decode_uint,
+    encode_optional_buffer,
+    encode_string,
+    encode_uint,
+)
 from .errors import MuxError
 
 # Bytes of messages we hold for channels the remote opened and we have not answered yet
