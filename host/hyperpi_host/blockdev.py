@@ -289,7 +289,7 @@ def inspect_target(name: str, view: SystemView, image_size: int | None = None) -
         if dev:
             raise TargetRefused(f"{path} holds the system's swap space (on {swap}); "
                                 "choose another disk")
-    for dev_name, ids in family.items():
+    for dev_name in family:
         n = nodes.get(dev_name)
         if n and "[SWAP]" in (n.info.get("mountpoints") or []):
             raise TargetRefused(f"{path} holds the system's swap space (on /dev/{dev_name}); "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -115,7 +116,7 @@ class _Target:
         done = 0
         while done < len(data):
             try:
-                n = self._io(lambda: os.pwrite(self.fd, data[done:], offset + done))
+                n = self._io(functools.partial(os.pwrite, self.fd, data[done:], offset + done))
                 if n == 0:  # the end of a block device
                     raise OSError(errno.ENOSPC, "no space left")
                 done += n
@@ -563,7 +564,7 @@ def _print_disks(read_view: ViewReader) -> int:
         print(target.describe())
         for part in target.partitions:
             print(f"    {part.path} {human_bytes(part.size)} {part.fstype or ''} {part.label or ''}".rstrip())
-    for target, path, reason in disks:
+    for target, _, reason in disks:
         if target is None and reason and reason.endswith(blockdev.UNMOUNT_HINT):
             print(f"usable once unmounted: {reason}")
         elif target is None:

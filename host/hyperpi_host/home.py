@@ -46,7 +46,7 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create {path}: {error.strerror}; set {HOME_ENV} to a writable folder")
+        raise UserError(f"cannot create {path}: {error.strerror}; set {HOME_ENV} to a writable folder") from None
     if not path.is_dir():
         raise UserError(f"{path} is not a folder; move it away or set {HOME_ENV} elsewhere")
     return path
@@ -83,9 +83,9 @@ def read_secret(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist")
+        raise UserError(f"{path} does not exist") from None
     except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}")
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         # Check the opened file itself, so a swap between check and read cannot slip through.
         info = os.fstat(handle.fileno())

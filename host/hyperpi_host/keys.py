@@ -104,9 +104,11 @@ def load_identity(name: str) -> Identity:
             control_feed_key=bytes.fromhex(control) if control else None,
         )
     except FileNotFoundError:
-        raise UserError(f"no key named {name!r}; see `hyperpi keys list` or create it with `hyperpi keys new {name}`")
+        raise UserError(
+            f"no key named {name!r}; see `hyperpi keys list` or create it with `hyperpi keys new {name}`"
+        ) from None
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"{path} is damaged; restore it from an export or remove the key")
+        raise UserError(f"{path} is damaged; restore it from an export or remove the key") from None
 
 
 def list_identities() -> list[Identity]:
@@ -174,7 +176,7 @@ def open_store() -> Store:
     try:
         return Store(store_path())
     except HypercoreError as error:
-        raise UserError(f"{error}; move {store_path()} aside to start a fresh store")
+        raise UserError(f"{error}; move {store_path()} aside to start a fresh store") from None
 
 
 def open_control_feed(store: Store, name: str) -> Core:
@@ -191,7 +193,7 @@ def _control_core(store: Store, control: KeyPair) -> Core:
         # Creating with the same key pair again opens the existing core.
         return Core.create(store, control)
     except HypercoreError as error:
-        raise UserError(f"cannot open the control feed: {error}")
+        raise UserError(f"cannot open the control feed: {error}") from None
 
 
 def _encode_secrets(name: str, keypair: KeyPair, control: KeyPair | None) -> bytes:
@@ -215,7 +217,7 @@ def _decode_secrets(raw: bytes, where: str) -> tuple[KeyPair, KeyPair | None]:
         control_hex = data.get("control_secret_key")
         control = _keypair_from_hex(control_hex) if control_hex else None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        raise UserError(f"{where} is not a hyperpi key export (or it is damaged)")
+        raise UserError(f"{where} is not a hyperpi key export (or it is damaged)") from None
     return keypair, control
 
 

@@ -57,8 +57,8 @@ def render_terminal(qr: segno.QRCode, style: str = "dark") -> str:
         # The last cell row has only a top module; its bottom half is left undrawn.
         rows.append([False] * len(rows[0]))
     lines = []
-    for top, bottom in zip(rows[0::2], rows[1::2]):
-        line = "".join(GLYPHS[(t, b)] for t, b in zip(top, bottom))
+    for top, bottom in zip(rows[0::2], rows[1::2], strict=True):
+        line = "".join(GLYPHS[(t, b)] for t, b in zip(top, bottom, strict=True))
         lines.append(f"{ANSI_BLACK_ON_WHITE}{line}{ANSI_RESET}" if style == "ansi" else line)
     return "\n".join(lines) + "\n"
 
@@ -76,7 +76,7 @@ def write_png(qr: segno.QRCode, path: Path) -> None:
     try:
         qr.save(str(path), kind="png", scale=PNG_SCALE, border=QUIET_ZONE)
     except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}")
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def read_keys(photo: Path) -> list[bytes]:
@@ -89,11 +89,11 @@ def read_keys(photo: Path) -> list[bytes]:
         with Image.open(photo) as opened:
             image = opened.convert("L")
     except FileNotFoundError:
-        raise UserError(f"{photo} does not exist")
+        raise UserError(f"{photo} does not exist") from None
     except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise UserError(f"{photo} is not an image this tool can read (use PNG or JPEG)")
+        raise UserError(f"{photo} is not an image this tool can read (use PNG or JPEG)") from None
     except OSError as error:
-        raise UserError(f"cannot read {photo}: {error.strerror or error}")
+        raise UserError(f"cannot read {photo}: {error.strerror or error}") from None
     found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     if not found:
         raise UserError(f"no QR code found in {photo}; take the photo closer, sharp and straight on")

@@ -164,7 +164,7 @@ async def trickle_1100(port: int, key: bytes, held: list) -> None:
     from hyperpi.wire.noise import keypair
 
     conns = []
-    for start in range(0, 1100, 100):
+    for _ in range(0, 1100, 100):
         conns += await asyncio.gather(*(_quietly(ns.open_connection("127.0.0.1", port, keypair(), keepalive=None)) for _ in range(100)))
     held += conns
     for _ in range(3):
@@ -175,7 +175,8 @@ async def trickle_1100(port: int, key: bytes, held: list) -> None:
 
 
 def _holders(count: int, **kwargs) -> Attack:  # noqa: ANN003
-    async def attack(port: int, key: bytes, held: list, folder: Path = Path(tempfile.mkdtemp())) -> None:
+    async def attack(port: int, key: bytes, held: list) -> None:
+        folder = Path(tempfile.mkdtemp())
         for i in range(count):
             held.append(await _quietly(_key_holder(port, key, folder / str(i), **kwargs)))
     return attack

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -132,21 +131,6 @@ class Proc:
     @property
     def stderr(self) -> str:
         return "\n".join(self.stderr_lines)
-
-
-@pytest.fixture
-def spawn() -> Iterator:
-    """spawn(args, cwd=None) -> Proc; every process is stopped after the test."""
-    procs: list[Proc] = []
-
-    def start(args: list[str], cwd: Path | None = None) -> Proc:
-        proc = Proc(args, cwd)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def free_port() -> int:

@@ -53,7 +53,7 @@ def test_same_seed_same_core_as_node(node_peers, tmp_path, compat):
         assert core.public_key.hex() == node["publicKey"]
         assert (core.key.hex() == node["publicKey"]) is compat
         assert len(node["states"]) == len(batches)
-        for batch, state in zip(batches, node["states"]):
+        for batch, state in zip(batches, node["states"], strict=True):
             assert core.append(batch) == state["length"]
             assert core.byte_length == state["byteLength"]
             assert [(r.index, r.size, r.hash.hex()) for r in core.roots] == [

@@ -97,9 +97,9 @@ def test_random_proofs_match_node(node_peers, tmp_path, compat):
     compared = refused = verified = 0
     with Store(tmp_path / "py") as store:
         core = Core.create(store, generate_keypair(seed), compat=compat)
-        for step, node_results in zip(steps, answers):
+        for step, node_results in zip(steps, answers, strict=True):
             core.append(step["append"])
-            for r, theirs in zip(step["requests"], node_results):
+            for r, theirs in zip(step["requests"], node_results, strict=True):
                 try:
                     ours = core.proof(to_request(r))
                 except ProofUnavailable:

@@ -27,7 +27,7 @@ from hyperpi.wire.noise import keypair
 from hyperpi.wire.protomux import ChannelMessage, Protomux
 from hyperpi.wire.secret_stream import SecretStream, frame
 
-from .test_chat_interop import Proc, free_port, hyperpi, node, spawn  # noqa: F401, F811 (spawn: a fixture)
+from .test_chat_interop import Proc, free_port, hyperpi, node
 
 STEP_TIMEOUT = 30.0  # seconds for one step on a loaded 2-core CI machine
 HANDSHAKE_TIMEOUT = 1.0  # the server's, short so the stalled peers are dropped within the test

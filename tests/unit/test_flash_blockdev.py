@@ -75,7 +75,7 @@ def test_mounted_card_lists_its_mounts(laptop: SystemView) -> None:
 
 
 def test_mounted_card_once_unmounted_is_a_target(laptop: SystemView) -> None:
-    laptop.mountinfo = "\n".join(l for l in laptop.mountinfo.splitlines() if "/media/ana" not in l)
+    laptop.mountinfo = "\n".join(line for line in laptop.mountinfo.splitlines() if "/media/ana" not in line)
     target = inspect_target("sda", laptop, image_size=2 << 30)
     assert (target.path, target.size, target.vendor, target.model, target.transport) == (
         "/dev/sda", 31914983424, "Generic", "STORAGE DEVICE", "usb")
@@ -101,7 +101,7 @@ def test_pi_refuses_its_own_boot_card(pi: SystemView) -> None:
 
 
 def test_boot_mount_alone_is_refused(pi: SystemView) -> None:
-    pi.mountinfo = "\n".join(l for l in pi.mountinfo.splitlines() if " / / " not in l)
+    pi.mountinfo = "\n".join(line for line in pi.mountinfo.splitlines() if " / / " not in line)
     with pytest.raises(TargetRefused, match=r"/boot/firmware is mounted from /dev/mmcblk0p1"):
         inspect_target("mmcblk0", pi)
 

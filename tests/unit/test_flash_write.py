@@ -240,6 +240,6 @@ def test_list_shows_every_disk_with_a_verdict(capsys: pytest.CaptureFixture[str]
     assert cli.main(["flash", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # This machine's own disks are never offered; whatever it has, each line says why or what.
-    assert lines and all(l.startswith(("/dev/", "    /dev/", "not usable: /dev/", "usable once",
-                                       "no removable disk found")) for l in lines)
-    assert not any(l.startswith("/dev/vda:") for l in lines)
+    assert lines and all(line.startswith(("/dev/", "    /dev/", "not usable: /dev/", "usable once",
+                                          "no removable disk found")) for line in lines)
+    assert not any(line.startswith("/dev/vda:") for line in lines)

@@ -155,7 +155,7 @@ def test_every_frame_decrypts_and_parses_as_node_decoded_it(vectors: dict) -> No
         mine = "r2i" if d == "i2r" else "i2r"
         my_open = next(f for f in t["analysis"][mine]["frames"] if f.get("decoded", {}).get("control") == "open")
         assert sent_open.hex() == my_open["plaintext_hex"]  # our open is Node's, byte for byte
-        for f, plaintext in zip(frames, received[d]):
+        for f, plaintext in zip(frames, received[d], strict=True):
             events = mux.receive(plaintext)
             dec = f["decoded"]
             if dec.get("control") == "open":
@@ -168,7 +168,7 @@ def test_every_frame_decrypts_and_parses_as_node_decoded_it(vectors: dict) -> No
                 assert [type(e) for e in events] == [ChannelClosed]
             elif dec.get("control") == "batch":
                 assert len(events) == len(dec["messages"])
-                for e, expected in zip(events, dec["messages"]):
+                for e, expected in zip(events, dec["messages"], strict=True):
                     _check_message(expected, e)
             else:
                 (e,) = events

@@ -325,7 +325,7 @@ class Core:
             leaves = [n for n in new_nodes if not n.index & 1]
             db.executemany(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?)",
-                [(cid, start + i, b, leaf.hash) for i, (b, leaf) in enumerate(zip(blocks, leaves))],
+                [(cid, start + i, b, leaf.hash) for i, (b, leaf) in enumerate(zip(blocks, leaves, strict=True))],
             )
             db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in new_nodes if n.index & 1])
             db.execute(

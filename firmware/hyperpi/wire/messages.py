@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from hyperpi.hypercore.keys import REPLICATE_INITIATOR, REPLICATE_RESPONDER
 from hyperpi.hypercore.types import (
@@ -467,7 +467,7 @@ class Extension:
         return cls(decode_string(s), decode_raw(s))
 
 
-Message = Union[Sync, Request, Cancel, Data, NoData, Want, Unwant, Bitfield, Range, Extension]
+Message = Sync | Request | Cancel | Data | NoData | Want | Unwant | Bitfield | Range | Extension
 MESSAGE_TYPES: tuple[type, ...] = (Sync, Request, Cancel, Data, NoData, Want, Unwant, Bitfield, Range, Extension)
 
 
