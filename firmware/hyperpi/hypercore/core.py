@@ -467,8 +467,9 @@ class Core:
                 if kids and kids[0] in nodes and kids[1] in nodes:
                     if parent_node(index, nodes[kids[0]], nodes[kids[1]]) != node:
                         raise CorruptStore(f"{where}: tree node {index} does not match its children")
-            roots = [nodes.get(r) for r in flat_tree.full_roots(2 * self.length)]
-            if None in roots:
+            wanted = flat_tree.full_roots(2 * self.length)
+            roots = [nodes[r] for r in wanted if r in nodes]
+            if len(roots) < len(wanted):
                 raise CorruptStore(f"{where}: a root of length {self.length} is missing")
             if self.length and not verify_tree(
                 self.key, self._manifest, tree_hash(roots), self.length, self.fork, self.signature or b""

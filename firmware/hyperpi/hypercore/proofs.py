@@ -145,7 +145,7 @@ def generate_proof(
 
     return Proof(
         fork=fork,
-        block=BlockProof(req.block.index, value, block_nodes or []) if req.block else None,
+        block=BlockProof(req.block.index, value, block_nodes or []) if req.block and value is not None else None,
         hash=HashProof(req.hash.index, block_nodes or []) if req.hash else None,
         upgrade=(
             UpgradeProof(upgrade.start, upgrade.length, upgrade_nodes, additional, signature)

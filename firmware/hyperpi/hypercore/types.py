@@ -15,7 +15,8 @@ from typing import NamedTuple
 class TreeNode(NamedTuple):
     """One Merkle tree node: flat-tree index, bytes of blocks below it, BLAKE2b-256 hash."""
 
-    index: int
+    # `index` shadows tuple.index(): the flat-tree index is this node's name everywhere.
+    index: int  # type: ignore[assignment]
     size: int
     hash: bytes
 
@@ -102,4 +103,4 @@ class CoreEvent(NamedTuple):
 
     kind: str  # Literal["append", "upgrade", "block"]
     length: int
-    index: int | None = None
+    index: int | None = None  # type: ignore[assignment]  # shadows tuple.index(), as in TreeNode

@@ -170,10 +170,9 @@ class Discovery:
         from zeroconf import InterfaceChoice, IPVersion
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
-        every_interface = self._interfaces is None or self._interfaces is InterfaceChoice.All
-        self._zc = AsyncZeroconf(
-            interfaces=InterfaceChoice.All if every_interface else self._interfaces, ip_version=IPVersion.V4Only
-        )
+        interfaces = InterfaceChoice.All if self._interfaces is None else self._interfaces
+        every_interface = interfaces is InterfaceChoice.All
+        self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
         # Browse first: existing peers answer our query while we are still probing our name.
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]

@@ -468,7 +468,7 @@ class Extension:
 
 
 Message = Sync | Request | Cancel | Data | NoData | Want | Unwant | Bitfield | Range | Extension
-MESSAGE_TYPES: tuple[type, ...] = (Sync, Request, Cancel, Data, NoData, Want, Unwant, Bitfield, Range, Extension)
+MESSAGE_TYPES: tuple[type[Message], ...] = (Sync, Request, Cancel, Data, NoData, Want, Unwant, Bitfield, Range, Extension)
 
 
 def decode_message(type: int, payload: bytes) -> Message | None:

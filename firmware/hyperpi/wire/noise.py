@@ -158,6 +158,8 @@ class NoiseXX:
     def _dh_token(self, token: str) -> None:
         # ee: both ephemerals; es: initiator's ephemeral with responder's static; se: reverse.
         assert self.re is not None
+        local: Keypair | None
+        remote: bytes | None
         if token == "ee":
             local, remote = self.e, self.re
         elif token == "es":
