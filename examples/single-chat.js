@@ -1,0 +1,1 @@
+../tests/interop/node/single-chat.js
