@@ -2,13 +2,14 @@
 # Installs Debian packages that are missing (nothing when all are there). With no arguments:
 # the packages the test suite needs (called by `make test`): iproute2 for the network-namespace
 # LAN, fdisk/dosfstools/mtools/e2fsprogs for image files, util-linux/kmod/bmap-tools/xz-utils/zstd
-# for flashing, fonts-dejavu-core for the device's colour screens and their golden frames.
+# for flashing, fonts-dejavu-core for the device's colour screens and their golden frames, and
+# the shell script linter for tests/unit/test_checks.py.
 # With arguments: those packages (image/deps.sh uses it for the image build's tools).
 set -euo pipefail
 if [ $# -gt 0 ]; then
     packages=("$@")
 else
-    packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core util-linux kmod bmap-tools xz-utils zstd)
+    packages=(iproute2 fdisk dosfstools mtools e2fsprogs fonts-dejavu-core util-linux kmod bmap-tools xz-utils zstd shellcheck)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -47,12 +47,16 @@ def debugfs(image: Path, part: Partition, commands: list[str], write: bool = Fal
             raise Ext4Error("a debugfs command must be one line")
     args = ["debugfs"] + (["-w"] if write else []) + ["-f", "-", _device(image, part)]
     try:
-        done = subprocess.run(args, input="\n".join(commands).encode() + b"\n", capture_output=True, timeout=TIMEOUT_S, check=False)
+        done = subprocess.run(
+            args, input="\n".join(commands).encode() + b"\n", capture_output=True, timeout=TIMEOUT_S, check=False
+        )
     except FileNotFoundError:
         raise Ext4Error("debugfs not found: install e2fsprogs (apt-get install e2fsprogs)") from None
     except subprocess.TimeoutExpired:
         raise Ext4Error(f"debugfs did not finish in {TIMEOUT_S} s") from None
-    errors = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip() and not BANNER.match(line)]
+    errors = [
+        line for line in done.stderr.decode(errors="replace").splitlines() if line.strip() and not BANNER.match(line)
+    ]
     if done.returncode != 0 or errors:
         raise Ext4Error(f"debugfs: {errors[0] if errors else f'exit code {done.returncode}'}")
     return done.stdout

@@ -28,7 +28,9 @@ def _drive(image: Path, part: Partition) -> str:
 
 def _mtools(args: list[str], what: str) -> bytes:
     try:
-        done = subprocess.run(args, capture_output=True, timeout=TIMEOUT_S, check=False, env={**os.environ, **MTOOLS_ENV})
+        done = subprocess.run(
+            args, capture_output=True, timeout=TIMEOUT_S, check=False, env={**os.environ, **MTOOLS_ENV}
+        )
     except FileNotFoundError:
         raise FatError(f"{args[0]} not found: install mtools (apt-get install mtools)") from None
     except subprocess.TimeoutExpired:

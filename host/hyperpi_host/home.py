@@ -26,14 +26,17 @@ MAX_SECRET_BYTES = 64 * 1024
 
 def hyperpi_home() -> Path:
     """The host's state directory, created 0700 if missing."""
+    return ensure_dir(home_path())
+
+
+def home_path() -> Path:
+    """The host's state directory, not created: for lookups that must not leave a folder behind."""
     configured = os.environ.get(HOME_ENV)
     if configured:
-        home = Path(configured).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CONFIG_HOME")
-        base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-        home = base / "hyperpi"
-    return ensure_dir(home)
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "hyperpi"
 
 
 def home_subdir(name: str) -> Path:

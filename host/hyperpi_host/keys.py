@@ -26,7 +26,6 @@ from hyperpi.hypercore.keys import (
     core_key,
     discovery_key,
     generate_keypair,
-    parse_key,
     z32_encode,
 )
 from hyperpi_host import home
@@ -91,6 +90,11 @@ def exists(name: str) -> bool:
     return _public_path(name).exists() or _secret_path(name).exists()
 
 
+def is_stored(name: str) -> bool:
+    """True if a person `name` is stored here (creates no folder: for name lookups)."""
+    return bool(NAME_PATTERN.fullmatch(name)) and (home.home_path() / KEYS_DIR / f"{name}.json").is_file()
+
+
 def load_identity(name: str) -> Identity:
     """The named identity's public data; UserError if there is no such key."""
     path = _public_path(name)
@@ -112,7 +116,10 @@ def load_identity(name: str) -> Identity:
 
 
 def list_identities() -> list[Identity]:
-    return [load_identity(p.stem) for p in sorted(keys_dir().glob("*.json")) if NAME_PATTERN.fullmatch(p.stem)]
+    folder = home.home_path() / KEYS_DIR
+    if not folder.is_dir():
+        return []
+    return [load_identity(p.stem) for p in sorted(folder.glob("*.json")) if NAME_PATTERN.fullmatch(p.stem)]
 
 
 def load_keypair(name: str) -> KeyPair:
@@ -128,25 +135,25 @@ def load_control_keypair(name: str) -> KeyPair:
     return control
 
 
-def resolve_key(text: str) -> bytes:
-    """A feed key from a key name (`hyperpi keys list`) or from key text (z-base-32, hex, HYPERPI:)."""
-    if NAME_PATTERN.fullmatch(text) and _public_path(text).exists():
-        return load_identity(text).feed_key
-    try:
-        return parse_key(text)
-    except ValueError as error:
-        if NAME_PATTERN.fullmatch(text) and len(text) < 52:
-            raise UserError(f"no key named {text!r} (see `hyperpi keys list`), and it is not a key either")
-        raise UserError(f"bad key {text[:60]!r}: {error}")
-
-
 def create_identity(name: str, owner: bool = False) -> Identity:
     """Make and store a new identity (and an owner's control feed)."""
     if exists(name):
         raise UserError(f"a key named {name!r} already exists; pick another name or `hyperpi keys rm {name}`")
+    _refuse_device_name(name)
     keypair = generate_keypair()
     control = generate_keypair() if owner else None
     return _store_identity(name, keypair, control)
+
+
+def _refuse_device_name(name: str) -> None:
+    """People and devices share one name space: every command takes either name for a key."""
+    from hyperpi_host.devices import is_recorded
+
+    if is_recorded(name):
+        raise UserError(
+            f"{name!r} is a device provisioned from here (`hyperpi devices {name}` shows its key); "
+            "a person needs another name"
+        )
 
 
 def _store_identity(name: str, keypair: KeyPair, control: KeyPair | None) -> Identity:
@@ -256,8 +263,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION")
 
-    new = sub.add_parser("new", help="create a key", description="Create a new feed key named NAME.")
-    new.add_argument("name", metavar="NAME")
+    new = sub.add_parser(
+        "new",
+        help="create a person's identity (a device gets its own keys from `hyperpi provision`)",
+        description="Create the identity of a person named NAME: a feed key others follow and "
+        "`hyperpi chat write --as NAME` writes to. Devices are not made here: `hyperpi provision` "
+        "makes each device's keys and records it under its own name.",
+    )
+    new.add_argument("name", metavar="NAME", help="1-32 letters, digits, '-' or '_'; not a device's name")
     new.add_argument(
         "--owner",
         action="store_true",

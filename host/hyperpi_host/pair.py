@@ -30,10 +30,10 @@ from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
 
-from . import home, keys, netrun
+from . import home, keys, netrun, resolve
 from .cli import UserError
+from .devices import Device, list_devices, load_device
 
-DEVICES_DIR = "devices"  # provision.record_device writes <home>/devices/NAME.json
 PAIRING_FILE = "pairing.json"  # per device feed key: how much of its control feed it holds
 DEFAULT_TIMEOUT = 30.0  # s; a device on the LAN connects within a few seconds (mDNS + dial)
 # An hour: longer than anyone waits at a terminal; `pair sync` in a loop suits longer waits.
@@ -43,62 +43,6 @@ TICK = 0.5  # s between redraws of the waiting line on a terminal
 
 
 # --- devices and their owners -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device provisioned from this computer, as `hyperpi provision` recorded it."""
-
-    name: str
-    feed_key: bytes
-    noise_key: bytes | None  # its peer identity; None: any peer holding the entry counts
-    control_key: bytes | None  # its owner's control feed; None: provisioned without --owner
-
-
-def load_device(name: str) -> Device:
-    """The recorded device `name`; UserError if there is none (or the record is damaged)."""
-    from .provision import check_name
-
-    path = home.home_subdir(DEVICES_DIR) / f"{check_name(name)}.json"
-    try:
-        data = json.loads(path.read_text())
-        noise = data.get("noise_public_key_hex")
-        owner = data.get("owner_hex")
-        return Device(
-            name=name,
-            feed_key=_key32(data["feed_key_hex"]),
-            noise_key=_key32(noise) if noise else None,
-            control_key=_key32(owner) if owner else None,
-        )
-    except FileNotFoundError:
-        known = ", ".join(d.name for d in list_devices()) or "none yet"
-        raise UserError(
-            f"no device named {name!r} was provisioned from this computer (known: {known}); "
-            "devices are recorded by `hyperpi provision`"
-        ) from None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"{path} is damaged; provision the device again to rewrite it") from None
-
-
-def _key32(text: str) -> bytes:
-    key = bytes.fromhex(text)
-    if len(key) != 32:
-        raise ValueError("not a 32-byte key")
-    return key
-
-
-def list_devices() -> list[Device]:
-    """Every readable device record, by name."""
-    from .provision import NAME_RE
-
-    devices = []
-    for path in sorted(home.home_subdir(DEVICES_DIR).glob("*.json")):
-        if NAME_RE.fullmatch(path.stem):
-            try:
-                devices.append(load_device(path.stem))
-            except UserError:
-                continue  # a damaged record is reported when that device is named
-    return devices
 
 
 def owner_of(device: Device, owner_name: str | None = None) -> str:
@@ -162,8 +106,9 @@ class Follow:
 
 
 def follows(control: Core, device: Device) -> dict[bytes, Follow]:
-    """The follows in effect on `device` once it has applied every entry (replayed as it does)."""
-    result: dict[bytes, Follow] = {}
+    """The follows in effect on `device` once it has applied every entry (replayed as it does),
+    starting from those its settings gave it at provisioning (index -1)."""
+    result = {key: Follow(key, name, -1) for name, key in device.follows}
     for index, entry in entries_for(control, device):
         if entry.key is None or entry.key == device.feed_key:
             continue
@@ -349,8 +294,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Append a follow entry for DEVICE to its owner's control feed and wait until the device has it.",
     )
     add.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
-    add.add_argument("key", metavar="KEY", help="the feed to follow: z-base-32, hex, HYPERPI: QR payload, or a key name")
-    add.add_argument("--name", required=True, help="the name the device shows for this feed's messages")
+    add.add_argument(
+        "key", metavar="KEY",
+        help="the feed to follow: a person's or device's name, or a key (z-base-32, hex, HYPERPI: QR payload)",
+    )
+    add.add_argument(
+        "--name", help="the name the device shows for this feed's messages (default: the person's or device's name)"
+    )
     _wait_arguments(add)
     add.set_defaults(func=cmd_add)
 
@@ -359,8 +309,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="make DEVICE stop following the feed KEY",
         description="Append an unfollow entry for DEVICE to its owner's control feed and wait until the device has it.",
     )
-    rm.add_argument("device", metavar="DEVICE")
-    rm.add_argument("key", metavar="KEY", help="z-base-32, hex, HYPERPI: QR payload, or a key name")
+    rm.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
+    rm.add_argument("key", metavar="KEY", help="a person's or device's name, or a key (z-base-32, hex, HYPERPI:)")
     _wait_arguments(rm)
     rm.set_defaults(func=cmd_rm)
 
@@ -370,7 +320,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The follows in effect on DEVICE once it has every control feed entry (offline: "
         "reads this computer's copy of the control feed).",
     )
-    lst.add_argument("device", metavar="DEVICE")
+    lst.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
     lst.set_defaults(func=cmd_list)
 
     sync = sub.add_parser(
@@ -379,13 +329,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Join the LAN and wait until DEVICE (default: every device provisioned from here "
         "that has pending entries) holds all of its control feed entries.",
     )
-    sync.add_argument("device", metavar="DEVICE", nargs="?")
+    sync.add_argument(
+        "device", metavar="DEVICE", nargs="?", help="one device (default: every one with pending entries)"
+    )
     _wait_arguments(sync)
     sync.set_defaults(func=cmd_sync)
 
 
 def _wait_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--owner", metavar="OWNER", help="the owner identity (default: the one DEVICE was provisioned with)")
+    parser.add_argument(
+        "--owner", metavar="OWNER", help="the owner identity (default: the one DEVICE was provisioned with)"
+    )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
         help=f"seconds to wait for the device (default {DEFAULT_TIMEOUT:g}; 0: only record the entry)",
@@ -409,29 +363,46 @@ def _append(control: Core, block: bytes) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     device = load_device(args.device)
-    key = keys.resolve_key(args.key)
+    found = resolve.feed(args.key, "KEY")
+    key = found.key
     if key == device.feed_key:
         raise UserError(f"that is {device.name}'s own feed; give the key of the feed it should follow")
+    if args.name is None:
+        if found.name is None:
+            raise UserError("give --name NAME: the name the device shows for this feed's messages")
+        args.name = found.name
     timeout = _check_timeout(args)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
+    follow_entry(device, key, args.name)  # refused now if the device would refuse it
+    resolve.say("KEY", found)
     with keys.open_store() as store:
         control = keys.open_control_feed(store, owner)
         current = follows(control, device).get(key)
         if current is not None and current.name == args.name.strip():
             print(f"{device.name} already follows {current.name} ({z32_encode(key)})")
         else:
+            if current is not None:
+                print(
+                    f"{device.name} already follows this feed as {current.name}; "
+                    f"it will show it as {args.name.strip()}"
+                )
             index = _append(control, follow_entry(device, key, args.name))
-            print(f"{device.name} will follow {args.name.strip()} ({z32_encode(key)}): entry #{index} of {owner}'s control feed")
+            print(
+                f"{device.name} will follow {args.name.strip()} ({z32_encode(key)}): "
+                f"entry #{index} of {owner}'s control feed"
+            )
         return _deliver_to([device], store, {owner}, options, timeout)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     device = load_device(args.device)
-    key = keys.resolve_key(args.key)
+    found = resolve.feed(args.key, "KEY")
+    key = found.key
     timeout = _check_timeout(args)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
+    resolve.say("KEY", found)
     with keys.open_store() as store:
         control = keys.open_control_feed(store, owner)
         current = follows(control, device).get(key)
@@ -458,12 +429,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         needed = needed_length(control, device)
         pending = sum(1 for index, _ in entries_for(control, device) if index >= held)
     if not in_effect:
-        print(f"{device.name} follows no feeds through pairing; add one with: hyperpi pair add {device.name} KEY --name NAME")
+        print(f"{device.name} follows no feeds; add one with: hyperpi pair add {device.name} NAME_OR_KEY")
     else:
         width = max(len("NAME"), *(len(f.name) for f in in_effect.values()))
         print(f"{'NAME':<{width}}  {'FEED KEY':<52}  ON DEVICE")
         for f in sorted(in_effect.values(), key=lambda f: f.index):
-            print(f"{f.name:<{width}}  {z32_encode(f.key)}  {'yes' if f.index < held else 'pending'}")
+            state = "yes (provisioned)" if f.index < 0 else "yes" if f.index < held else "pending"
+            print(f"{f.name:<{width}}  {z32_encode(f.key)}  {state}")
     if needed > held:
         print(
             f"{pending} entr{'y' if pending == 1 else 'ies'} not yet on {device.name}; "

@@ -21,7 +21,6 @@ import base64
 import binascii
 import hashlib
 import json
-import lzma
 import mmap
 import os
 import re
@@ -30,16 +29,17 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hyperpi.hypercore import HypercoreError
 from hyperpi.hypercore.keys import (
     KeyPair,
     core_key,
     discovery_key,
     generate_keypair,
-    parse_key,
     z32_encode,
 )
-from hyperpi_host import ext4fs, fatfs, home
+from hyperpi_host import bmap, ext4fs, fatfs, home
 from hyperpi_host.cli import UserError
+from hyperpi_host.imagefile import ImageError, open_image
 from hyperpi_host.partitions import Partition, PartitionError, boot_and_root
 
 # --- what the image (image/hooks/customize.sh) provides -------------------------------------
@@ -175,37 +175,27 @@ def check_wifi(ssid: str | None, passphrase: str | None, country: str | None) ->
     return Wifi(ssid, psk, cc)
 
 
-def check_key(text: str, what: str) -> bytes:
-    try:
-        return parse_key(text)
-    except ValueError as error:
-        raise UserError(f"bad key for {what}: {error}") from None
+def resolve_follow(spec: str, said: list) -> tuple[str, bytes]:
+    """`NAME=KEY` (KEY: a person's or device's name, or a key), or just a person's or device's
+    name, which is then also the name shown for the feed."""
+    from hyperpi_host import resolve
 
-
-def resolve_follow(spec: str) -> tuple[str, bytes]:
     name, sep, key_text = spec.partition("=")
     name = name.strip()
-    if not sep or not name or not key_text.strip():
-        raise UserError(f"--follow {spec!r}: expected NAME=KEY (KEY: z-base-32, hex, or a name from `hyperpi keys list`)")
+    # `said` collects what each was taken for, to say once every argument is checked.
+    if not sep:
+        found = resolve.feed(name, f"--follow {name}")
+        if found.name is None:
+            raise UserError(f"--follow {spec[:60]!r}: a key needs a name to show: NAME=KEY")
+        said.append((f"--follow {name}", found))
+        return found.name, found.key
+    if not name or not key_text.strip():
+        raise UserError(f"--follow {spec!r}: expected NAME=KEY or a person's or device's name")
     if len(name) > 32 or not name.isprintable():
         raise UserError(f"--follow {spec!r}: the name must be printable and at most 32 characters")
-    return name, resolve_host_key(key_text.strip(), f"--follow {name}", control=False)
-
-
-def resolve_host_key(text: str, what: str, control: bool) -> bytes:
-    """A key from key text, or from the name of a host identity (its control feed for --owner)."""
-    try:
-        from hyperpi_host import keys as host_keys
-    except ImportError:
-        return check_key(text, what)
-    if host_keys.NAME_PATTERN.fullmatch(text) and len(text) < 52 and host_keys.exists(text):
-        identity = host_keys.load_identity(text)
-        if not control:
-            return identity.feed_key
-        if identity.control_feed_key is None:
-            raise UserError(f"{what}: key {text!r} is not an owner; create one with `hyperpi keys new --owner NAME`")
-        return identity.control_feed_key
-    return check_key(text, what)
+    found = resolve.feed(key_text, f"--follow {name}")
+    said.append((f"--follow {name}", found))
+    return name, found.key
 
 
 def check_preset(text: str) -> str:
@@ -239,7 +229,9 @@ def read_ssh_keys(path: Path) -> str:
             continue
         fields = line.split()
         if len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
-            raise UserError(f"--ssh-key {path}:{number}: not an OpenSSH public key (expected e.g. 'ssh-ed25519 AAAA...')")
+            raise UserError(
+                f"--ssh-key {path}:{number}: not an OpenSSH public key (expected e.g. 'ssh-ed25519 AAAA...')"
+            )
         try:
             blob = base64.b64decode(fields[1], validate=True)
         except binascii.Error:
@@ -253,13 +245,23 @@ def read_ssh_keys(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def _resolve_owner(text: str, said: list) -> bytes:
+    from hyperpi_host import resolve
+
+    found = resolve.owner_control_feed(text, "--owner")
+    said.append(("--owner", found))
+    return found.key
+
+
+def settings_from_args(args: argparse.Namespace, said: list | None = None) -> Settings:
+    """The checked settings; `said` receives (option, resolve.Resolved) for each key resolved."""
+    said = [] if said is None else said
     settings = Settings(
         name=check_name(args.device),
         board=check_board(args.board),
         presets=[check_preset(p) for p in args.preset],
-        follows=[resolve_follow(f) for f in args.follow],
-        owner=resolve_host_key(args.owner, "--owner", control=True) if args.owner else None,
+        follows=[resolve_follow(f, said) for f in args.follow],
+        owner=_resolve_owner(args.owner, said) if args.owner else None,
         listen_port=args.listen_port,
         peers=[check_peer(p) for p in args.peer],
         wifi=check_wifi(args.wifi_ssid, args.wifi_psk, args.wifi_country),
@@ -329,7 +331,12 @@ def wpa_conf(wifi: Wifi) -> bytes:
 
 def secrets_of(identity: Identity, wifi: Wifi | None) -> list[bytes]:
     """Byte strings that must never appear on the FAT partition (raw and as text)."""
-    raw = [identity.feed.secret_key, identity.feed.secret_key[:32], identity.noise.secret_key, identity.noise.secret_key[:32]]
+    raw = [
+        identity.feed.secret_key,
+        identity.feed.secret_key[:32],
+        identity.noise.secret_key,
+        identity.noise.secret_key[:32],
+    ]
     found = raw + [r.hex().encode() for r in raw] + [base64.b64encode(r) for r in raw]
     if wifi is not None:
         found += [wifi.psk_hex.encode(), bytes.fromhex(wifi.psk_hex)]
@@ -340,25 +347,28 @@ def secrets_of(identity: Identity, wifi: Wifi | None) -> list[bytes]:
 
 
 def copy_image(source: Path, target: Path) -> None:
-    """Copy a raw or xz-compressed image, keeping runs of zeros as holes (a sparse file)."""
+    """Copy an image in any format `hyperpi flash` reads (raw, xz, gzip, zstd, bzip2) to a new
+    0600 file (it will hold the device's keys), keeping runs of zeros as holes (a sparse file)."""
     try:
-        with open(source, "rb") as probe:
-            compressed = probe.read(6) == b"\xfd7zXZ\x00"
-        opener = lzma.open if compressed else open
-        with opener(source, "rb") as src, open(target, "xb") as dst:
+        image = open_image(source)
+    except ImageError as error:
+        raise UserError(str(error)) from None
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+        with image, os.fdopen(fd, "wb") as dst:
+            os.fchmod(dst.fileno(), SECRET_MODE)  # whatever the umask
             zero = bytes(COPY_CHUNK)
+            buffer = memoryview(bytearray(COPY_CHUNK))
             size = 0
-            while chunk := src.read(COPY_CHUNK):
-                if chunk == zero[: len(chunk)]:
-                    dst.seek(len(chunk), os.SEEK_CUR)
+            while n := image.readinto(buffer):
+                if buffer[:n] == zero[:n]:
+                    dst.seek(n, os.SEEK_CUR)
                 else:
-                    dst.write(chunk)
-                size += len(chunk)
+                    dst.write(buffer[:n])
+                size += n
             dst.truncate(size)
-    except FileNotFoundError:
-        raise UserError(f"no such image: {source}") from None
-    except lzma.LZMAError as error:
-        raise UserError(f"{source}: damaged xz image ({error})") from None
+    except ImageError as error:
+        raise UserError(f"{source}: {error}") from None
     except OSError as error:
         raise UserError(f"cannot copy {source} to {target}: {error.strerror or error}") from None
 
@@ -412,6 +422,7 @@ def record_device(settings: Settings, identity: Identity, image: Path) -> Path:
         "noise_public_key_hex": identity.noise.public_key.hex(),
         "listen_port": settings.listen_port,
         "owner_hex": settings.owner.hex() if settings.owner else None,
+        "follows": [{"name": name, "key_hex": key.hex()} for name, key in settings.follows],
         "image": str(image.resolve()),
         "provisioned_at": int(time.time()),
     }
@@ -433,16 +444,33 @@ def provision(source: Path, out: Path, settings: Settings, *, force: bool = Fals
         raise UserError(f"folder {out.parent} does not exist")
     identity = identity or Identity(feed=generate_keypair(), noise=generate_keypair())
     partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)
+    partial_bmap = out.with_name(out.name + ".bmap.partial")
+    for stale in (partial, partial_bmap):
+        stale.unlink(missing_ok=True)
     try:
         copy_image(source, partial)
-        write_identity(partial, settings, identity)
+        try:
+            write_identity(partial, settings, identity)
+        except UserError as error:  # name the user's file, not our temporary copy
+            raise UserError(str(error).replace(str(partial), str(source))) from None
+        # The bmap lets `hyperpi flash` write only the mapped blocks. It is 0600 like the image:
+        # its checksum of the block holding the Wi-Fi PSK would allow guessing the passphrase.
+        home.write_secret(partial_bmap, bmap.make_bmap(partial).encode())
         os.replace(partial, out)
+        os.replace(partial_bmap, bmap_path(out))
     except (fatfs.FatError, ext4fs.Ext4Error) as error:
         raise UserError(f"cannot provision {source}: {error}") from None
+    except OSError as error:
+        raise UserError(f"cannot write {out}: {error.strerror or error}") from None
     finally:
         partial.unlink(missing_ok=True)
+        partial_bmap.unlink(missing_ok=True)
     return identity, record_device(settings, identity, out)
+
+
+def bmap_path(image: Path) -> Path:
+    """Where the image's bmap goes: `kitchen.img` -> `kitchen.img.bmap`, found by `hyperpi flash`."""
+    return image.with_name(image.name + ".bmap")
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -459,25 +487,98 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", metavar="IMAGE", help="hyperpi-<version>-arm64.img or .img.xz")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the provisioned image to write")
     parser.add_argument("--device", required=True, metavar="NAME", help="device name (also its host name)")
-    parser.add_argument("--board", default="headless", metavar="B", help=f"board profile: {', '.join(board_names())} (default headless)")
+    parser.add_argument(
+        "--board", default="headless", metavar="B", help=f"board profile: {', '.join(board_names())} (default headless)"
+    )
     parser.add_argument("--wifi-ssid", metavar="S")
     parser.add_argument("--wifi-psk", metavar="P", help="passphrase (8-63 characters) or 64 hex digits")
     parser.add_argument("--wifi-country", metavar="CC", help="ISO 3166-1 alpha-2 country code, e.g. DE")
-    parser.add_argument("--follow", action="append", default=[], metavar="NAME=KEY", help="a feed to follow from the start (repeatable)")
-    parser.add_argument("--preset", action="append", default=[], metavar="TEXT", help="a canned message (repeatable; replaces the defaults)")
+    parser.add_argument(
+        "--follow", action="append", default=[], metavar="NAME=KEY", help="a feed to follow from the start (repeatable)"
+    )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a canned message (repeatable; replaces the defaults)",
+    )
     parser.add_argument("--owner", metavar="OWNER", help="the owner's control feed: an owner key name or a key")
     parser.add_argument("--ssh-key", metavar="FILE", help="turn SSH on, for root, with these public keys")
-    parser.add_argument("--listen-port", type=int, default=default_port(), metavar="PORT", help=f"replication port (default {default_port()})")
+    parser.add_argument(
+        "--listen-port",
+        type=int,
+        default=default_port(),
+        metavar="PORT",
+        help=f"replication port (default {default_port()})",
+    )
     parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a static peer (repeatable)")
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace OUT if it exists, and provision a device name used before (new keys: the old card is no longer paired)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    from hyperpi_host import devices, keys
+
+    said: list = []
+    settings = settings_from_args(args, said)
+    if keys.is_stored(settings.name):
+        raise UserError(
+            f"{settings.name!r} is a person's key (`hyperpi keys list`); people and devices share "
+            f"one set of names: pick another device name, or `hyperpi keys rm {settings.name}` if "
+            "that key was only meant for this device (provisioning makes the device's own keys)"
+        )
+    old = devices.load_device(settings.name) if devices.is_recorded(settings.name) else None
+    if old is not None and not args.force:
+        when = time.strftime("%Y-%m-%d", time.localtime(old.provisioned_at))
+        raise UserError(
+            f"a device {settings.name} was provisioned here on {when} (feed key "
+            f"{z32_encode(old.feed_key)}); provisioning it again makes new keys, so the old card keeps "
+            "its old identity and this computer can no longer pair it (flash the new image onto it "
+            "instead). Devices following the old one are moved to the new one. Add --force to do it"
+        )
+    from hyperpi_host import resolve
+
+    for what, found in said:
+        resolve.say(what, found)
     identity, record = provision(Path(args.image), Path(args.output), settings, force=args.force)
-    print(f"provisioned {settings.name} ({settings.board}) -> {args.output}")
+    bmap_name = bmap_path(Path(args.output)).name
+    print(f"provisioned {settings.name} ({settings.board}) -> {args.output} (mode 0600, with {bmap_name})")
     print(f"feed key:  {z32_encode(identity.feed_key)}")
     print(f"noise key: {z32_encode(identity.noise.public_key)}")
     print(f"recorded:  {record}")
+    if old is not None and old.feed_key != identity.feed_key:
+        print(
+            f"replaced:  the old {settings.name} ({z32_encode(old.feed_key)}); "
+            "its card is no longer paired from here"
+        )
+        _move_followers(old.feed_key, identity.feed_key, settings.name)
     return 0
+
+
+def _move_followers(old_key: bytes, new_key: bytes, name: str) -> None:
+    """Devices of an owner on this computer that follow the old feed key follow the new one
+    instead: an unfollow and a follow entry on the owner's control feed, delivered as pairing is."""
+    from hyperpi_host import devices, keys, pair
+
+    owners = {i.control_feed_key: i.name for i in keys.list_identities() if i.control_feed_key is not None}
+    followers = [d for d in devices.list_devices() if d.control_key in owners and d.name != name]
+    if not followers:
+        return
+    moved = []
+    with keys.open_store() as store:
+        for device in followers:
+            control = keys.open_control_feed(store, owners[device.control_key])
+            current = pair.follows(control, device).get(old_key)
+            if current is None:
+                continue
+            try:
+                control.append([pair.unfollow_entry(device, old_key), pair.follow_entry(device, new_key, current.name)])
+            except HypercoreError as error:
+                raise UserError(f"cannot write the control feed of {owners[device.control_key]}: {error}") from None
+            moved.append(device.name)
+    if moved:
+        print(f"moved:     {', '.join(moved)} will follow the new {name}; deliver with: hyperpi pair sync")

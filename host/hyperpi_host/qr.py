@@ -116,12 +116,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "qr",
         help="show a key as a pairing QR code, or read the key from a photo of one",
         description=(
-            "Print the pairing QR code of a key (a key name from `hyperpi keys list`, or a key "
+            "Print the pairing QR code of a key (a person's name from `hyperpi keys list`, a "
+            "device's name from `hyperpi devices`, or a key "
             "in z-base-32, hex or HYPERPI: form) in the terminal, or with --read decode a photo "
             "or screenshot of a device's screen and print its key in z-base-32."
         ),
     )
-    parser.add_argument("key", nargs="?", metavar="KEY_OR_NAME", help="key name or key text")
+    parser.add_argument(
+        "key", nargs="?", metavar="KEY_OR_NAME",
+        help="a person's or device's name, or a key (z-base-32, hex or HYPERPI:)",
+    )
     parser.add_argument("--png", type=Path, metavar="FILE", help="also save the QR code as a PNG")
     parser.add_argument("--read", type=Path, metavar="PHOTO", help="decode the QR code in PHOTO")
     parser.add_argument(
@@ -143,9 +147,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.key is None:
         raise UserError("give a key or key name (see `hyperpi keys list`), or --read PHOTO")
-    from hyperpi_host.keys import resolve_key  # keys imports this module: resolve at call time
+    from hyperpi_host import resolve  # keys imports this module: resolve at call time
 
-    print_qr(resolve_key(args.key), args.style, args.png)
+    found = resolve.feed(args.key, "KEY")
+    print_qr(found.key, args.style, args.png)
+    resolve.say("KEY", found)
     return 0
 
 

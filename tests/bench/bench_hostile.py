@@ -129,7 +129,9 @@ def _requests(rep, count: int) -> bytes:  # noqa: ANN001
     [peer] = rep._peers.values()
     with rep.mux.batch():
         for i in range(count):
-            rep.mux.send(peer.channel, Request.TYPE, Request(i, ProofRequest(0, block=BlockRequest(i % 2000, 0))).encode())
+            rep.mux.send(
+                peer.channel, Request.TYPE, Request(i, ProofRequest(0, block=BlockRequest(i % 2000, 0))).encode()
+            )
     [frame] = rep.mux.frames_to_send()
     return frame
 
@@ -150,7 +152,9 @@ async def slowloris(port: int, key: bytes, held: list) -> None:
     from hyperpi.net import stream as ns
     from hyperpi.wire.noise import keypair
 
-    conns = await asyncio.gather(*(_quietly(ns.open_connection("127.0.0.1", port, keypair(), keepalive=None)) for _ in range(200)))
+    conns = await asyncio.gather(
+        *(_quietly(ns.open_connection("127.0.0.1", port, keypair(), keepalive=None)) for _ in range(200))
+    )
     held += conns
     for _ in range(int(ATTACK_S)):
         for conn in conns:
@@ -165,7 +169,9 @@ async def trickle_1100(port: int, key: bytes, held: list) -> None:
 
     conns = []
     for _ in range(0, 1100, 100):
-        conns += await asyncio.gather(*(_quietly(ns.open_connection("127.0.0.1", port, keypair(), keepalive=None)) for _ in range(100)))
+        conns += await asyncio.gather(
+            *(_quietly(ns.open_connection("127.0.0.1", port, keypair(), keepalive=None)) for _ in range(100))
+        )
     held += conns
     for _ in range(3):
         for conn in conns:
@@ -258,7 +264,9 @@ def _run_scenario(name: str, attack: Attack) -> dict:
     """A fresh writer and honest reader for one scenario, so each starts from the same baseline."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "firmware"), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, f"{tmp}/w"], stdout=subprocess.PIPE, text=True, env=env)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, f"{tmp}/w"], stdout=subprocess.PIPE, text=True, env=env
+        )
         assert writer.stdout is not None
         hello = json.loads(writer.stdout.readline())
         reader = subprocess.Popen([sys.executable, "-c", READER, f"{tmp}/r", str(hello["port"]), hello["key"]],
@@ -304,8 +312,15 @@ async def _scenario(name: str, attack: Attack, pid: int, hello: dict, latencies:
     met = peak < PEAK_TARGET_MB and after - baseline < AFTER_TARGET_MB and p99 < P99_TARGET_S
     print(f"{name}: RSS {baseline:.0f} -> peak {peak:.0f} -> after {after:.0f} MB; "
           f"live p99 {p99 * 1000:.0f} ms over {len(window)} messages{'' if met else '  (target missed)'}", flush=True)
-    return {"baseline_mb": round(baseline, 1), "peak_mb": round(peak, 1), "after_mb": round(after, 1),
-            "live_p99_ms": round(p99 * 1000, 1), "live_messages": len(window), "attack_s": round(end - start, 1), "met": met}
+    return {
+        "baseline_mb": round(baseline, 1),
+        "peak_mb": round(peak, 1),
+        "after_mb": round(after, 1),
+        "live_p99_ms": round(p99 * 1000, 1),
+        "live_messages": len(window),
+        "attack_s": round(end - start, 1),
+        "met": met,
+    }
 
 
 if __name__ == "__main__":

@@ -106,8 +106,11 @@ def main() -> None:
         latencies = button_latencies(virt_card, work / "virt", key)
     ratio = ready / baseline
     print(f"READY / multi-user without the service: {ratio:.2f}x")
-    print(f"button press to the host's viewer (virt, {PRESSES} presses): median {statistics.median(latencies) * 1000:.0f} ms,"
-          f" max {max(latencies) * 1000:.0f} ms")
+    print(
+        f"button press to the host's viewer (virt, {PRESSES} presses): "
+        f"median {statistics.median(latencies) * 1000:.0f} ms,"
+        f" max {max(latencies) * 1000:.0f} ms"
+    )
     RESULTS.write_text(json.dumps({
         "image": images[-1].name,
         "raspi3b_boot_to_ready_s": round(ready, 1),

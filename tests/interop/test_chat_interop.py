@@ -180,14 +180,31 @@ def test_node_writer_to_hyperpi_view(spawn, node_peers: Path, tmp_path: Path, co
     key = node_writer_with_history(spawn, node_peers, tmp_path / "node", compat)
     flags = ["--compat"] if compat else []
     if python_dials:
-        writer = spawn(node(node_peers, "single-chat.js", tmp_path / "node", "--nick", "ana", "--listen", "127.0.0.1:0", *flags))
+        writer = spawn(
+            node(node_peers, "single-chat.js", tmp_path / "node", "--nick", "ana", "--listen", "127.0.0.1:0", *flags)
+        )
         assert writer.line() == key  # same feed, reopened
         port = writer.listening_port()
-        viewer = spawn(hyperpi("chat", "view", key, "--store", tmp_path / "py", "--json", "--peer", f"127.0.0.1:{port}"))
+        viewer = spawn(
+            hyperpi("chat", "view", key, "--store", tmp_path / "py", "--json", "--peer", f"127.0.0.1:{port}")
+        )
     else:
-        viewer = spawn(hyperpi("chat", "view", key, "--store", tmp_path / "py", "--json", "--listen", f"127.0.0.1:{free_port()}"))
+        viewer = spawn(
+            hyperpi("chat", "view", key, "--store", tmp_path / "py", "--json", "--listen", f"127.0.0.1:{free_port()}")
+        )
         port = viewer.listening_port()
-        writer = spawn(node(node_peers, "single-chat.js", tmp_path / "node", "--nick", "ana", "--connect", f"127.0.0.1:{port}", *flags))
+        writer = spawn(
+            node(
+                node_peers,
+                "single-chat.js",
+                tmp_path / "node",
+                "--nick",
+                "ana",
+                "--connect",
+                f"127.0.0.1:{port}",
+                *flags,
+            )
+        )
         assert writer.line() == key
     assert texts(viewer.lines(2)) == ["hello from node", "second message"]
     # Live: appended while connected, it arrives over the same connection.
@@ -233,9 +250,13 @@ def test_hyperpi_writer_to_node_viewer(spawn, node_peers: Path, tmp_path: Path, 
     if python_dials:
         viewer = spawn([*viewer_args, "--listen", "127.0.0.1:0"])
         port = viewer.listening_port()
-        writer = spawn(hyperpi("chat", "write", "--store", tmp_path / "py", "--nick", "py", "--peer", f"127.0.0.1:{port}"))
+        writer = spawn(
+            hyperpi("chat", "write", "--store", tmp_path / "py", "--nick", "py", "--peer", f"127.0.0.1:{port}")
+        )
     else:
-        writer = spawn(hyperpi("chat", "write", "--store", tmp_path / "py", "--nick", "py", "--listen", f"127.0.0.1:{free_port()}"))
+        writer = spawn(
+            hyperpi("chat", "write", "--store", tmp_path / "py", "--nick", "py", "--listen", f"127.0.0.1:{free_port()}")
+        )
         viewer = spawn([*viewer_args, "--connect", f"127.0.0.1:{writer.listening_port()}"])
     assert writer.line() == key  # the same feed, reopened
     assert texts(viewer.lines(2)) == ["hello from python", "second message"]
@@ -246,7 +267,9 @@ def test_hyperpi_writer_to_node_viewer(spawn, node_peers: Path, tmp_path: Path, 
 
 
 def test_hyperpi_write_to_hyperpi_view_live(spawn, tmp_path: Path) -> None:
-    writer = spawn(hyperpi("chat", "write", "--store", tmp_path / "a", "--nick", "bo", "--listen", f"127.0.0.1:{free_port()}"))
+    writer = spawn(
+        hyperpi("chat", "write", "--store", tmp_path / "a", "--nick", "bo", "--listen", f"127.0.0.1:{free_port()}")
+    )
     key = writer.line()
     port = writer.listening_port()
     writer.write("before the viewer")
@@ -262,7 +285,9 @@ def test_hyperpi_write_to_hyperpi_view_live(spawn, tmp_path: Path) -> None:
 
 def test_hyperpi_write_dials_a_listening_hyperpi_view(spawn, tmp_path: Path) -> None:
     key = hyperpi_writer_with_history(spawn, tmp_path / "a")
-    viewer = spawn(hyperpi("chat", "view", key, "--store", tmp_path / "b", "--json", "--listen", f"127.0.0.1:{free_port()}"))
+    viewer = spawn(
+        hyperpi("chat", "view", key, "--store", tmp_path / "b", "--json", "--listen", f"127.0.0.1:{free_port()}")
+    )
     port = viewer.listening_port()
     writer = spawn(hyperpi("chat", "write", "--store", tmp_path / "a", "--nick", "py", "--peer", f"127.0.0.1:{port}"))
     assert writer.line() == key
@@ -290,11 +315,15 @@ async def _serve_compat_feed(node_peers: Path, tmp_path: Path) -> None:
     with Store(tmp_path / "py") as store:
         core = Core.create(store, compat=True)
         assert core.compat
-        core.append([json.dumps({"type": "chat", "text": f"compat {i}", "time": i, "nick": "py"}).encode() for i in range(3)])
+        core.append(
+            [json.dumps({"type": "chat", "text": f"compat {i}", "time": i, "nick": "py"}).encode() for i in range(3)]
+        )
         server = await serve("127.0.0.1", 0, keypair(), lambda conn: replicate(conn, CoreSet(store, [core])))
         port = server.sockets[0].getsockname()[1]
         viewer = await asyncio.create_subprocess_exec(
-            *node(node_peers, "single-chat-viewer.js", core.key.hex(), tmp_path / "node", "--json", "--exit-after", "4"),
+            *node(
+                node_peers, "single-chat-viewer.js", core.key.hex(), tmp_path / "node", "--json", "--exit-after", "4"
+            ),
             "--connect",
             f"127.0.0.1:{port}",
             stdout=subprocess.PIPE,

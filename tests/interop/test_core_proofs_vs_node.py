@@ -65,7 +65,9 @@ def from_node(j: dict) -> Proof:
         block=BlockProof(b["index"], bytes.fromhex(b["value"]), nodes(b["nodes"])) if b else None,
         hash=HashProof(hp["index"], nodes(hp["nodes"])) if hp else None,
         upgrade=(
-            UpgradeProof(u["start"], u["length"], nodes(u["nodes"]), nodes(u["additionalNodes"]), bytes.fromhex(u["signature"]))
+            UpgradeProof(
+                u["start"], u["length"], nodes(u["nodes"]), nodes(u["additionalNodes"]), bytes.fromhex(u["signature"])
+            )
             if u
             else None
         ),

@@ -111,7 +111,11 @@ async def honest_reader(port: int, store: Store, key: bytes, length: int) -> Cor
 
 
 async def _hostile_peers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with Store(tmp_path / "server") as server_store, Store(tmp_path / "evil") as evil_store, Store(tmp_path / "honest") as honest_store:
+    with (
+        Store(tmp_path / "server") as server_store,
+        Store(tmp_path / "evil") as evil_store,
+        Store(tmp_path / "honest") as honest_store,
+    ):
         feed = Core.create(server_store)
         feed.append([f"message {i}".encode() for i in range(50)])
         evil_feed = Core.create(evil_store)  # the server follows it; its writer turns hostile
@@ -145,7 +149,9 @@ async def _hostile_peers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
             await thief.flush()
             await thief.closed_by_server()
             # The followed feed's writer sends an upgrade with a bad signature.
-            liar = ScriptedPeer(await open_connection("127.0.0.1", port, keypair()), evil_feed.key, evil_feed.discovery_key)
+            liar = ScriptedPeer(
+                await open_connection("127.0.0.1", port, keypair()), evil_feed.key, evil_feed.discovery_key
+            )
             liar.send(Sync(0, 8, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
             liar.send(Range(0, 8))
             await liar.flush()
@@ -153,7 +159,12 @@ async def _hostile_peers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
             proof = evil_feed.proof(request.proof_request)
             assert proof.upgrade is not None
             bad_signature = bytes([proof.upgrade.signature[0] ^ 1]) + proof.upgrade.signature[1:]
-            liar.send(Data(request.id, dataclasses.replace(proof, upgrade=dataclasses.replace(proof.upgrade, signature=bad_signature))))
+            liar.send(
+                Data(
+                    request.id,
+                    dataclasses.replace(proof, upgrade=dataclasses.replace(proof.upgrade, signature=bad_signature)),
+                )
+            )
             await liar.flush()
             await liar.closed_by_server()
             assert (followed.length, followed.contiguous_length, followed.manifest) == (0, 0, None)
@@ -209,7 +220,9 @@ async def _misbehave_at(port: int) -> asyncio.StreamWriter:
 
 def test_hyperpi_chat_write_keeps_serving_the_node_viewer(spawn, node_peers: Path, tmp_path: Path) -> None:
     port = free_port()
-    writer: Proc = spawn(hyperpi("chat", "write", "--store", tmp_path / "py", "--nick", "py", "--listen", f"127.0.0.1:{port}"))
+    writer: Proc = spawn(
+        hyperpi("chat", "write", "--store", tmp_path / "py", "--nick", "py", "--listen", f"127.0.0.1:{port}")
+    )
     key = writer.line()
     writer.listening_port()
     writer.write("first")

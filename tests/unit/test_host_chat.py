@@ -72,7 +72,9 @@ def test_store_files_are_private_under_any_umask(tmp_path: Path) -> None:
     writer = Writer(tmp_path / "store", umask=0)
     try:
         writer.write("hello")
-        running = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "store", *(tmp_path / "store").rglob("*")]}
+        running = {
+            p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "store", *(tmp_path / "store").rglob("*")]
+        }
     finally:
         assert writer.stop() == 0
     assert {"cores.db-wal", "cores.db-shm", "noise.secret", "chat-feed"} <= set(running)
@@ -124,7 +126,12 @@ def view_json(store: Path, key: bytes, n: int) -> list[str]:
 
 def test_view_json_escapes_c1_and_bidi_controls(tmp_path: Path) -> None:
     # C1 CSI, right-to-left override, isolate, line separator, DEL; C1 NEL in the nick.
-    message = {"type": "chat", "text": "a\u009b2Jb\u202egnp.exe\u2066c\u2028d\x7f", "time": NOW_MS, "nick": "e\u0085vil"}
+    message = {
+        "type": "chat",
+        "text": "a\u009b2Jb\u202egnp.exe\u2066c\u2028d\x7f",
+        "time": NOW_MS,
+        "nick": "e\u0085vil",
+    }
     plain = json.dumps({"type": "chat", "text": "héllo wörld", "time": NOW_MS, "nick": "ana"}, ensure_ascii=False)
     with Store(tmp_path / "store") as store:
         core = Core.create(store)

@@ -128,7 +128,9 @@ def test_duplicate_add_appends_nothing(owned: provision.Identity, capsys: pytest
     assert len(control_entries("alice")) == 1
 
 
-def test_rm_of_a_feed_not_paired_still_sends_the_unfollow(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+def test_rm_of_a_feed_not_paired_still_sends_the_unfollow(
+    owned: provision.Identity, capsys: pytest.CaptureFixture
+) -> None:
     other = generate_keypair().public_key
     code, _, err = run(capsys, "pair", "rm", "kitchen", other.hex(), "--timeout", "0")
     assert code == 3 and "does not follow" in err
@@ -141,7 +143,7 @@ def test_rm_of_a_feed_not_paired_still_sends_the_unfollow(owned: provision.Ident
     ("argv", "message"),
     [
         (("add", "nowhere", "bob", "--name", "B"), "no device named 'nowhere'"),
-        (("add", "kitchen", "nobody", "--name", "B"), "no key named 'nobody'"),
+        (("add", "kitchen", "nobody", "--name", "B"), "no person or device is named 'nobody'"),
         (("add", "kitchen", "bob", "--name", "x" * 33), "would not accept this"),
         (("add", "kitchen", "bob", "--name", "  "), "would not accept this"),
         (("add", "kitchen", "bob", "--name", "a\nb"), "would not accept this"),
@@ -168,7 +170,9 @@ def test_own_feed_refused(owned: provision.Identity, capsys: pytest.CaptureFixtu
     assert control_entries("alice") == []
 
 
-def test_device_without_owner_or_foreign_owner(hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_device_without_owner_or_foreign_owner(
+    hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     make_device("lonely", None, tmp_path)
     code, _, err = run(capsys, "pair", "list", "lonely")
     assert code == 2 and "without --owner" in err

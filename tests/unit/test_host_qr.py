@@ -169,7 +169,7 @@ def test_read_refusals(hyperpi_home: Path, tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["qr", "nobody"], "no key named 'nobody'"),
+        (["qr", "nobody"], "no person or device is named 'nobody'"),
         (["qr", "HYPERPI:ABC"], "bad key"),
         (["qr", "v" * 52], "bad key"),  # "v" is not z-base-32
         (["qr"], "give a key or key name"),

@@ -56,7 +56,9 @@ async def serve_feed(core: Core) -> tuple[asyncio.Server, int, list[ns.Encrypted
     return server, server.sockets[0].getsockname()[1], conns
 
 
-async def key_holder(port: int, key: bytes, tmp: Path, *, rcvbuf: int | None = None) -> tuple[ns.EncryptedConnection, Replicator]:
+async def key_holder(
+    port: int, key: bytes, tmp: Path, *, rcvbuf: int | None = None
+) -> tuple[ns.EncryptedConnection, Replicator]:
     """A peer that knows `key`: connected, with the core's channel open both ways."""
     sock = None
     if rcvbuf is not None:  # a small receive window, so a peer that stops reading stops the server soon
@@ -86,7 +88,9 @@ def requests(rep: Replicator, count: int, blocks: int) -> bytes:
     [peer] = rep._peers.values()
     with rep.mux.batch():
         for i in range(count):
-            rep.mux.send(peer.channel, Request.TYPE, Request(i, ProofRequest(0, block=BlockRequest(i % blocks, 0))).encode())
+            rep.mux.send(
+                peer.channel, Request.TYPE, Request(i, ProofRequest(0, block=BlockRequest(i % blocks, 0))).encode()
+            )
     [frame] = rep.mux.frames_to_send()
     return frame
 
@@ -94,7 +98,9 @@ def requests(rep: Replicator, count: int, blocks: int) -> bytes:
 # --- frames and memory ------------------------------------------------------------------------
 
 
-def test_a_stranger_may_not_send_big_frames_a_peer_sharing_the_feed_may(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stranger_may_not_send_big_frames_a_peer_sharing_the_feed_may(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         writer = feed(tmp_path / "w", 4)
         server, port, conns = await serve_feed(writer)
@@ -173,7 +179,9 @@ def test_a_peer_that_stops_reading_holds_little_and_is_dropped(tmp_path: Path, m
 # --- request floods -------------------------------------------------------------------------------
 
 
-def test_a_flood_of_requests_in_one_frame_ends_with_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_flood_of_requests_in_one_frame_ends_with_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         writer = feed(tmp_path / "w", 16)
         server, port, conns = await serve_feed(writer)
@@ -226,7 +234,9 @@ def test_strangers_are_evicted_at_the_connection_cap_and_a_peer_sharing_a_feed_i
     async def scenario() -> None:
         writer = feed(tmp_path / "w", 20)
         cores = CoreSet(writer.store, [writer])
-        swarm = Swarm(keypair(), 0, host="127.0.0.1", mdns=False, max_connections=cap, on_connection=lambda c: replicate(c, cores))
+        swarm = Swarm(
+            keypair(), 0, host="127.0.0.1", mdns=False, max_connections=cap, on_connection=lambda c: replicate(c, cores)
+        )
         await swarm.start()
         reader = Core.open(Store(tmp_path / "r"), writer.key)
         honest = Swarm(keypair(), 0, host="127.0.0.1", mdns=False, peers=[("127.0.0.1", swarm.port)],

@@ -113,7 +113,12 @@ steps = st.lists(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.booleans())
 def test_readers_stay_verified_through_random_histories(history, compat):
-    with tempfile.TemporaryDirectory() as tmp, Store(f"{tmp}/w") as ws, Store(f"{tmp}/r") as rs, Store(f"{tmp}/r2") as r2s:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Store(f"{tmp}/w") as ws,
+        Store(f"{tmp}/r") as rs,
+        Store(f"{tmp}/r2") as r2s,
+    ):
         writer = Core.create(ws, generate_keypair(bytes(32)), compat=compat)
         reader = Core.open(rs, writer.key)
         relay = Core.open(r2s, writer.key)  # syncs only from `reader`

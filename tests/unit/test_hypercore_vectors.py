@@ -101,7 +101,14 @@ def test_namespaces(vectors):
     c = vectors["constants"]["hypercore"]
     assert [TREE, REPLICATE_INITIATOR, REPLICATE_RESPONDER, MANIFEST, DEFAULT_NAMESPACE, DEFAULT_ENCRYPTION] == [
         h(c[k])
-        for k in ("TREE", "REPLICATE_INITIATOR", "REPLICATE_RESPONDER", "MANIFEST", "DEFAULT_NAMESPACE", "DEFAULT_ENCRYPTION")
+        for k in (
+            "TREE",
+            "REPLICATE_INITIATOR",
+            "REPLICATE_RESPONDER",
+            "MANIFEST",
+            "DEFAULT_NAMESPACE",
+            "DEFAULT_ENCRYPTION",
+        )
     ]
 
 

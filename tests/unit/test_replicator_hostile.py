@@ -107,7 +107,9 @@ def reader_setup(tmp_path: Path, blocks: int = 8) -> tuple[Core, Core, Replicato
 
 
 def announce(remote: Remote, writer: Core) -> None:
-    remote.send(Sync(writer.fork, writer.length, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+    remote.send(
+        Sync(writer.fork, writer.length, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True)
+    )
     remote.send(Range(0, writer.length))
 
 
@@ -159,7 +161,9 @@ def test_an_upgrade_with_a_bad_signature_stores_nothing(tmp_path: Path) -> None:
     assert req.proof_request.upgrade is not None
     proof = writer.proof(req.proof_request)
     assert proof.upgrade is not None
-    bad = dataclasses.replace(proof, upgrade=dataclasses.replace(proof.upgrade, signature=flip(proof.upgrade.signature)))
+    bad = dataclasses.replace(
+        proof, upgrade=dataclasses.replace(proof.upgrade, signature=flip(proof.upgrade.signature))
+    )
     remote.send(Data(req.id, bad))
     with pytest.raises(ReplicationError, match="invalid proof"):
         remote.exchange(rep)
@@ -430,7 +434,11 @@ def test_requests_for_blocks_that_do_not_exist_get_no_data(tmp_path: Path) -> No
     ]
     for i, ask in enumerate(asks):
         remote.send(Request(100 + i, ask))
-    answers = {m.request if isinstance(m, NoData) else m.request_id: m for m in remote.exchange(rep) if isinstance(m, (Data, NoData))}
+    answers = {
+        m.request if isinstance(m, NoData) else m.request_id: m
+        for m in remote.exchange(rep)
+        if isinstance(m, (Data, NoData))
+    }
     assert sorted(answers) == [100 + i for i in range(len(asks))]
     assert isinstance(answers[100], NoData) and isinstance(answers[101], NoData)
 
@@ -490,7 +498,9 @@ def test_a_refused_upgrade_is_not_retried_until_the_remote_syncs_again(tmp_path:
         remote.send(NoData(upgrades[-1].id, 2))
         asked = [r for r in remote.requests(remote.exchange(rep)) if r.proof_request.upgrade]
         assert asked == []
-    remote.send(Sync(writer.fork, writer.length + 1, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+    remote.send(
+        Sync(writer.fork, writer.length + 1, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True)
+    )
     asked = [r for r in remote.requests(remote.exchange(rep)) if r.proof_request.upgrade]
     assert len(asked) == 1  # a new length from the remote: worth asking again
     assert_untouched(reader)
@@ -498,7 +508,9 @@ def test_a_refused_upgrade_is_not_retried_until_the_remote_syncs_again(tmp_path:
 
 def test_a_want_is_sent_once_while_waiting_for_an_announcement(tmp_path: Path) -> None:
     writer, reader, rep, remote = reader_setup(tmp_path)
-    remote.send(Sync(writer.fork, writer.length, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True))
+    remote.send(
+        Sync(writer.fork, writer.length, 0, can_upgrade=True, uploading=True, downloading=True, has_manifest=True)
+    )
     (upgrade,) = remote.requests(remote.exchange(rep))
     remote.send(Data(upgrade.id, writer.proof(upgrade.proof_request)))
     wants = [m for m in remote.exchange(rep) if isinstance(m, Want)]

@@ -173,7 +173,9 @@ class Core:
                 raise CorruptStore(f"the byte length of core {self.key.hex()} is damaged in the store")
             if self.length and (
                 self.signature is None
-                or not verify_tree(self.key, self._manifest, tree_hash(self._roots), self.length, self.fork, self.signature)
+                or not verify_tree(
+                    self.key, self._manifest, tree_hash(self._roots), self.length, self.fork, self.signature
+                )
             ):
                 raise CorruptStore(f"the stored signature of core {self.key.hex()} does not verify")
 
@@ -455,7 +457,10 @@ class Core:
         where = f"core {self.key.hex()[:16]}..."
         with damage_is_corruption(where):
             self.store.flush_writes()
-            nodes = {i: TreeNode(i, s, h) for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))}
+            nodes = {
+                i: TreeNode(i, s, h)
+                for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))
+            }
             for i, value, expected in db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (self._id,)):
                 if i >= self.length:
                     raise CorruptStore(f"{where}: block {i} lies beyond the length {self.length}")

@@ -199,7 +199,9 @@ class EncryptedConnection:
             async with asyncio.timeout(WRITE_STALL_TIMEOUT):
                 await self._writer.drain()
         except TimeoutError:
-            self._abort(f"the peer stopped reading ({self.write_buffer_size >> 10} KiB unsent after {WRITE_STALL_TIMEOUT:g} s)")
+            self._abort(
+                f"the peer stopped reading ({self.write_buffer_size >> 10} KiB unsent after {WRITE_STALL_TIMEOUT:g} s)"
+            )
             raise ConnectionClosed(self.close_reason or "closed") from None
         except (ConnectionError, OSError) as e:
             self._abort(f"write failed: {e}")

@@ -408,7 +408,9 @@ class Swarm:
         task = asyncio.current_task()
         assert task is not None
         if not self._make_room():
-            log.warning("connection cap of %d reached (every slot shares a feed): refused a new one", self.max_connections)
+            log.warning(
+                "connection cap of %d reached (every slot shares a feed): refused a new one", self.max_connections
+            )
             writer.close()
             return
         slot = _Slot(writer)
@@ -453,7 +455,11 @@ class Swarm:
         victim = min(strangers, key=lambda slot: slot.started)
         self._slots.discard(victim)
         age = time.monotonic() - victim.started
-        log.info("connection cap of %d reached: evicting a peer that shares no feed (connected %.0f s)", self.max_connections, age)
+        log.info(
+            "connection cap of %d reached: evicting a peer that shares no feed (connected %.0f s)",
+            self.max_connections,
+            age,
+        )
         victim.evict(f"evicted after {age:.0f} s sharing no feed (connection cap of {self.max_connections} reached)")
         return True
 

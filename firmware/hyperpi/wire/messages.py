@@ -189,7 +189,11 @@ class Sync:
     def encode(self) -> bytes:
         out = bytearray()
         flags = (
-            self.can_upgrade | self.uploading << 1 | self.downloading << 2 | self.has_manifest << 3 | self.allow_push << 4
+            self.can_upgrade
+            | self.uploading << 1
+            | self.downloading << 2
+            | self.has_manifest << 3
+            | self.allow_push << 4
         )
         encode_uint(out, flags)
         encode_uint(out, self.fork)
@@ -468,7 +472,18 @@ class Extension:
 
 
 Message = Sync | Request | Cancel | Data | NoData | Want | Unwant | Bitfield | Range | Extension
-MESSAGE_TYPES: tuple[type[Message], ...] = (Sync, Request, Cancel, Data, NoData, Want, Unwant, Bitfield, Range, Extension)
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Sync,
+    Request,
+    Cancel,
+    Data,
+    NoData,
+    Want,
+    Unwant,
+    Bitfield,
+    Range,
+    Extension,
+)
 
 
 def decode_message(type: int, payload: bytes) -> Message | None:

@@ -614,4 +614,12 @@ def _answers(req: ProofRequest, proof: Proof) -> bool:
     return proof.hash is None and proof.seek is None
 
 
-__all__ = ["MAX_INFLIGHT", "MAX_PARKED_BYTES", "MAX_REMOTE_REQUESTS", "REPLY_BATCH", "PeerProgress", "ReplicationError", "Replicator"]
+__all__ = [
+    "MAX_INFLIGHT",
+    "MAX_PARKED_BYTES",
+    "MAX_REMOTE_REQUESTS",
+    "REPLY_BATCH",
+    "PeerProgress",
+    "ReplicationError",
+    "Replicator",
+]
