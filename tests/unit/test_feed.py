@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ STEP = 10.0  # seconds any one step may take on a loaded machine (each takes mil
 
 
 def test_values_round_trip_in_each_encoding(tmp_path: Path) -> None:
-    cases = {
+    cases: dict[str, list[Any]] = {
         "json": [{"type": "chat", "text": "héllo", "n": [1, None]}, [1, 2], "s", 3, None],
         "utf-8": ["héllo", ""],
         "binary": [b"\x00\xff", b""],
