@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from hyperpi.device import notify
 
 
@@ -116,9 +118,7 @@ def run_device(config: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_readable_secret_and_damaged_store_are_one_line_errors(tmp_path: Path) -> None:
-    from hyperpi.hypercore.storage import DB_NAME
-
+def test_a_readable_secret_is_a_one_line_error_and_no_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config = tmp_path / "device.toml"
     config.write_text(f'name = "kitchen"\nstate_dir = "{state}"\n')
@@ -127,9 +127,63 @@ def test_readable_secret_and_damaged_store_are_one_line_errors(tmp_path: Path) -
     (state / "feed.secret").chmod(0o644)
     r = run_device(config)
     assert r.returncode == 69 and r.stderr.count("\n") == 1 and "chmod 600" in r.stderr
-    (state / "feed.secret").unlink()
-    (state / "store").mkdir()
-    (state / "store" / DB_NAME).write_bytes(b"not a database" * 100)
-    r = run_device(config)
-    assert r.returncode == 69 and r.stderr.count("\n") == 1 and "store" in r.stderr
     assert "Traceback" not in r.stderr
+    assert_no_restart_on(69)
+
+
+def assert_no_restart_on(code: int) -> None:
+    """systemd does not restart the service after this exit code (the unit's settings)."""
+    unit = (Path(__file__).resolve().parents[2] / "firmware" / "hyperpi-device.service").read_text()
+    [line] = [x for x in unit.splitlines() if x.startswith("RestartPreventExitStatus=")]
+    assert str(code) in line.split("=", 1)[1].split()
+
+
+def test_exit_codes_that_a_restart_cannot_cure_stop_systemd_restarting() -> None:
+    from hyperpi.device import main
+
+    for code in (main.EX_UNAVAILABLE, main.EX_DISK_FULL, main.EX_CONFIG):
+        assert_no_restart_on(code)
+    with pytest.raises(AssertionError):  # a store failed while running: the next start repairs it
+        assert_no_restart_on(main.EX_STORE_FAILED)
+
+
+def test_a_damaged_store_is_set_aside_and_the_device_starts(tmp_path: Path) -> None:
+    from hyperpi.hypercore.storage import DB_NAME
+
+    state = tmp_path / "state"
+    config = tmp_path / "device.toml"
+    config.write_text(
+        f'name = "kitchen"\nstate_dir = "{state}"\n'
+        'listen_host = "127.0.0.1"\nlisten_port = 0\nmdns = false\n'  # loopback only
+    )
+    state.mkdir(mode=0o700)
+    from hyperpi.device.main import load_secret
+
+    load_secret(state / "feed.secret")  # an identity older than the store
+    (state / "store").mkdir(mode=0o700)
+    damaged = b"not a database" * 100
+    (state / "store" / DB_NAME).write_bytes(damaged)
+    env = {**os.environ, "NOTIFY_SOCKET": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hyperpi.device.main", "--config", str(config), "--simulate"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line.decode()) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        log = wait_for(lines, "ready in")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    while not lines.empty():
+        log += lines.get()
+    assert "feed store damaged" in log and "set aside as" in log
+    assert "recovering it from peers before appending" in log
+    assert "is online" not in log  # no block 0 before a peer could tell how long the feed is
+    [aside] = (state / "store").glob(f"{DB_NAME}.damaged-*")
+    assert aside.read_bytes() == damaged
+    assert "Traceback" not in proc.stderr.read().decode()  # type: ignore[union-attr]

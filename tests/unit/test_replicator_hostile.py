@@ -2,7 +2,8 @@
 
 The remote is scripted from the wire layers (protomux + message codecs) and, where it plays a
 writer, proves things with a real `Core` and then tampers with the proofs. Each case ends in
-a `ReplicationError` (a `WireError`) with a one-line reason, nothing invalid is stored
+a `ReplicationError` (a `WireError`) with a one-line reason (a bad proof closes only its
+core's channel, with a `FeedRefused` event), nothing invalid is stored
 (`core.audit()` passes, length and contiguous length unchanged), and the replicator's
 buffers stay within their named limits under floods.
 """
@@ -39,6 +40,7 @@ from hyperpi.wire.replicator import (
     MAX_REMOTE_RANGES,
     MAX_REMOTE_REQUESTS,
     REPLY_BATCH,
+    FeedRefused,
     ReplicationError,
     Replicator,
 )
@@ -113,6 +115,16 @@ def announce(remote: Remote, writer: Core) -> None:
     remote.send(Range(0, writer.length))
 
 
+def assert_refused(rep: Replicator, remote: Remote, core: Core) -> None:
+    """The bad proof closed the core's channel, reported once; the connection goes on."""
+    refused = [e for e in rep.take_events() if isinstance(e, FeedRefused)]
+    assert [e.core for e in refused] == [core] and "invalid proof" in refused[0].reason
+    assert remote.channel.closed and core.discovery_key not in rep._by_key
+    remote.send(Sync(0, 99, 0))  # a message for the closed channel is ignored, not an error
+    remote.exchange(rep)
+    assert not rep.take_events()
+
+
 def assert_untouched(reader: Core, length: int = 0, contiguous: int = 0) -> None:
     assert (reader.length, reader.contiguous_length) == (length, contiguous)
     assert not any(reader.has(i) for i in range(contiguous, reader.length))
@@ -165,8 +177,8 @@ def test_an_upgrade_with_a_bad_signature_stores_nothing(tmp_path: Path) -> None:
         proof, upgrade=dataclasses.replace(proof.upgrade, signature=flip(proof.upgrade.signature))
     )
     remote.send(Data(req.id, bad))
-    with pytest.raises(ReplicationError, match="invalid proof"):
-        remote.exchange(rep)
+    remote.exchange(rep)
+    assert_refused(rep, remote, reader)
     assert_untouched(reader)
     assert reader.manifest is None  # not even the manifest that came with it
 
@@ -206,8 +218,8 @@ def test_a_tampered_block_proof_stores_nothing(tmp_path: Path, how: str) -> None
             tampered += 1
         remote.send(Data(req.id, proof))
     assert tampered
-    with pytest.raises(ReplicationError, match="invalid proof"):
-        remote.exchange(rep)
+    remote.exchange(rep)
+    assert_refused(rep, remote, reader)
     assert_untouched(reader, length=8)
 
 
@@ -477,12 +489,13 @@ def test_unverified_answers_that_overtake_their_anchor_are_held_up_to_a_cap(tmp_
     peer = rep._by_key[writer.discovery_key]
     assert sum(len(p.block.value) for _, p in peer.parked if p.block) <= MAX_PARKED_BYTES
     assert len(peer.parked) == MAX_PARKED_BYTES // len(junk)
-    # Once their anchors arrive the parked answers are checked, and the junk ends the connection.
-    with pytest.raises(ReplicationError, match="invalid proof"):
-        for req in asked:
-            if req not in overtaking:
-                remote.send(Data(req.id, writer.proof(req.proof_request)))
-        remote.exchange(rep)
+    # Once their anchors arrive the parked answers are checked, and the junk closes the channel.
+    for req in asked:
+        if req not in overtaking:
+            remote.send(Data(req.id, writer.proof(req.proof_request)))
+    remote.exchange(rep)
+    assert_refused(rep, remote, reader)
+    assert not peer.parked
     reader.audit()
 
 

@@ -57,6 +57,7 @@ class DeviceApp:
         self.scroll = 0  # messages up from the newest
         self.network_up = False
         self.peers = 0
+        self.notice: str | None = None  # store trouble to show instead of the network status
 
     # -- input ----------------------------------------------------------------------------
     def handle(self, action: str) -> Send | None:
@@ -92,6 +93,8 @@ class DeviceApp:
 
     # -- output ---------------------------------------------------------------------------
     def status(self) -> str:
+        if self.notice:
+            return self.notice
         if not self.network_up:
             return "no network"
         if self.peers == 0:

@@ -26,6 +26,7 @@ if __name__ == "__main__":  # `python -m hyperpi.device.main` is the service pro
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -34,7 +35,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hyperpi.hypercore import Core, HypercoreError, KeyPair, StorageError, Store, generate_keypair
+from hyperpi.hypercore import (
+    Core,
+    CorruptStore,
+    DiskFull,
+    HypercoreError,
+    KeyPair,
+    StorageError,
+    Store,
+    core_key,
+    generate_keypair,
+)
+from hyperpi.hypercore.storage import set_aside
 
 from . import gpio, memory, notify, selfcheck
 from .boards import get_board
@@ -45,7 +57,11 @@ from .service import DeviceService
 
 log = logging.getLogger("hyperpi.device")
 
-EX_UNAVAILABLE = 69  # sysexits.h: a service this one needs (the state directory) is unavailable
+# Exit codes (sysexits.h). firmware/hyperpi-device.service lets systemd restart only on those
+# a restart can cure.
+EX_UNAVAILABLE = 69  # the state directory or a secret file cannot be used: a person must look
+EX_DISK_FULL = 73  # EX_CANTCREAT: the disk is full; restarting frees nothing
+EX_STORE_FAILED = 75  # EX_TEMPFAIL: the store failed while running; the next start sets it aside
 FEED_SECRET = "feed.secret"  # 64-byte Ed25519 secret key (seed || public key) of the own feed
 NOISE_SECRET = "noise.secret"  # 64-byte Ed25519 secret key: the device's Noise static identity
 # SQLite's default page cache is 2 MiB per connection; the device reads a few recent blocks per
@@ -123,20 +139,58 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir or config.state_dir
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        new_identity = not (state_dir / FEED_SECRET).exists()
         feed_keys = load_secret(state_dir / FEED_SECRET)
         noise_keys = load_secret(state_dir / NOISE_SECRET)
-        store = Store(state_dir / "store")
-        store.db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        store, repaired = open_store(state_dir / "store")
+    except DiskFull as e:
+        print(f"hyperpi-device: state directory {state_dir}: {e}", file=sys.stderr)
+        return EX_DISK_FULL
     except (OSError, StorageError) as e:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            print(f"hyperpi-device: state directory {state_dir}: the disk is full", file=sys.stderr)
+            return EX_DISK_FULL
         print(f"hyperpi-device: state directory {state_dir}: {e}", file=sys.stderr)
         return EX_UNAVAILABLE
     try:
-        return asyncio.run(run(config, store, feed_keys, noise_keys, args, started))
-    except HypercoreError as e:  # a damaged store: say so in one line; systemd retries
+        return asyncio.run(
+            run(config, store, feed_keys, noise_keys, args, started, new_identity=new_identity, repaired=repaired)
+        )
+    except DiskFull as e:
         print(f"hyperpi-device: feed store {state_dir / 'store'}: {e}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return EX_DISK_FULL
+    except HypercoreError as e:  # damaged while running: the next start sets the database aside
+        print(f"hyperpi-device: feed store {state_dir / 'store'}: {e}", file=sys.stderr)
+        return EX_STORE_FAILED
     finally:
         store.close()
+
+
+def open_store(path: Path) -> tuple[Store, bool]:
+    """The feed store, and whether it was repaired: a damaged database is set aside (kept, and
+    named in the log) and an empty one opened, so the device starts anyway; its followed
+    feeds are fetched again and its own feed recovered from peers (service.py)."""
+    repaired = False
+    try:
+        store = Store(path)
+    except CorruptStore as e:
+        aside = set_aside(path)
+        log.error("feed store damaged (%s): set aside as %s; feeds are fetched again from peers", e, aside)
+        store = Store(path)
+        repaired = True
+    store.db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    return store, repaired
+
+
+def open_own_feed(store: Store, feed_keys: KeyPair) -> tuple[Core, bool]:
+    """The own feed, and whether it was cleared: one damaged in the store is cleared (the
+    secret key stays) and recovered from peers."""
+    try:
+        return Core.create(store, feed_keys), False
+    except CorruptStore as e:
+        log.error("own feed is damaged in the store (%s): cleared, to be recovered from peers", e)
+        store.clear_core(core_key(feed_keys.public_key))
+        return Core.create(store, feed_keys), True
 
 
 def _network_runner() -> NetworkRunner | None:
@@ -148,7 +202,15 @@ def _network_runner() -> NetworkRunner | None:
 
 
 async def run(
-    config: DeviceConfig, store: Store, feed_keys: KeyPair, noise_keys: KeyPair, args: Any, started: float
+    config: DeviceConfig,
+    store: Store,
+    feed_keys: KeyPair,
+    noise_keys: KeyPair,
+    args: Any,
+    started: float,
+    *,
+    new_identity: bool = False,
+    repaired: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -170,8 +232,14 @@ async def run(
     except Exception as e:  # a missing or unwired panel must not stop the chat service
         log.error("no screen: cannot open the %s display: %s", board.name, e)
 
-    own = Core.create(store, feed_keys)
-    service = DeviceService(config, store, own, display=display, state_dir=args.state_dir or config.state_dir)
+    own, cleared = open_own_feed(store, feed_keys)
+    # A feed key older than the store's copy of its feed: peers may hold more of it (service.py).
+    recover = not new_identity and (own.length == 0 or repaired or cleared)
+    service = DeviceService(
+        config, store, own, display=display, state_dir=args.state_dir or config.state_dir, recover_own_feed=recover
+    )
+    if repaired or cleared:
+        service.app.notice = "store repaired"
     log.info("device %s (%s), feed %s", config.name, board.name, own.key.hex())
 
     buttons = None

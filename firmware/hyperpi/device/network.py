@@ -85,7 +85,7 @@ class DeviceNetwork:
         self._peers[peer] += 1
         self.update_status()
         try:
-            await replicate(conn, self.cores, on_progress=progress)
+            await replicate(conn, self.cores, on_progress=progress, on_remote_head=self.service.on_remote_head)
         finally:
             self._peers[peer] -= 1
             if self._peers[peer] <= 0:

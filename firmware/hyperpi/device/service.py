@@ -11,6 +11,15 @@ plugs in from outside through a small seam:
   for the delivery ticks on sent messages.
 
 Blocks arriving by replication reach the timeline through each core's `subscribe` callback.
+
+Never a fork of the own feed: a device whose identity is older than its store's copy of its
+own feed (the store was empty, damaged or set aside: `recover_own_feed`) appends nothing
+until a peer has told it how long that feed is (`on_remote_head`) and replication brought it
+that far, or OWN_FEED_GRACE_SECONDS passed without such a peer. Appending below what a peer
+holds would sign a second block N: peers refuse that version for good. Messages sent
+meanwhile are held and appended then. A store that is intact needs no wait: every append
+is fsynced before it returns (hypercore/storage.py), so no peer can hold more of the own
+feed than the store does.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hyperpi.hypercore import Core, CoreEvent, Store
+from hyperpi.hypercore import Core, CoreEvent, CorruptStore, DiskFull, HypercoreError, Store
 
 from .app import DeviceApp, Send
 from .buttons import ButtonEvent
@@ -37,6 +46,13 @@ from .timeline import Presets, Timeline, sanitize
 log = logging.getLogger("hyperpi.device")
 
 SEEN_FILE = "seen.json"  # how far each feed was seen on screen: unread marks survive restarts
+# How long a device recovering its own feed waits for a peer holding it before it appends
+# anyway. Peers on a LAN connect within seconds of mDNS starting; a peer that comes later
+# with more of the feed than we recovered sees a fork, which replication then reports.
+OWN_FEED_GRACE_SECONDS = 30.0
+# Messages (button presses) held while the own feed is recovered; later ones are dropped.
+MAX_HELD_MESSAGES = 32
+RECOVERING_NOTICE = "recovering feed"
 
 
 def chat_block(text: str, nick: str, now: float) -> bytes:
@@ -54,6 +70,7 @@ class DeviceService:
         display: Display | None = None,
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        recover_own_feed: bool = False,
     ) -> None:
         self.config = config
         self.store = store
@@ -72,21 +89,75 @@ class DeviceService:
         self._unsubscribe: dict[bytes, Callable[[], None]] = {}
         self._changed = asyncio.Event()
         self._draw_error: str | None = None  # the last drawing error, logged once while it repeats
+        self._recovering = recover_own_feed  # see the module docstring
+        self._peer_own_length = -1  # the longest own-feed head a peer told of; -1: none yet
+        self._held: list[str] = []  # messages sent while recovering
+        self._announce = False
+        self._grace: asyncio.TimerHandle | None = None
+        if recover_own_feed:
+            self.app.notice = RECOVERING_NOTICE
         self._watch(own)
         for follow in config.follows:
             self.follow(follow.key, follow.name)
         if config.owner is not None:
-            self.control = Core.open(store, config.owner)
+            self.control = self._open_core(config.owner)
             self._watch(self.control)
             self._apply_control()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """First start: announce the device on its own feed (the image's boot test reads it)."""
-        if self.own.length == 0:
+        """First start: announce the device on its own feed (the image's boot test reads it).
+        Recovering the own feed, wait for a peer first (see the module docstring)."""
+        self._announce = self.own.length == 0
+        if not self._recovering:
+            self._announce_online()
+            return
+        log.info(
+            "own feed: %d blocks in the store; recovering it from peers before appending (at most %.0f s)",
+            self.own.length,
+            OWN_FEED_GRACE_SECONDS,
+        )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (a test): only a peer's head ends the wait
+        self._grace = loop.call_later(
+            OWN_FEED_GRACE_SECONDS, self._recovered, f"no peer told its length in {OWN_FEED_GRACE_SECONDS:.0f} s"
+        )
+
+    def on_remote_head(self, core: Core, fork: int, length: int) -> None:
+        """A peer holds a signed head of `length` blocks of `core` (its `sync`)."""
+        if core is self.own and self._recovering:
+            self._peer_own_length = max(self._peer_own_length, length)
+            self._check_recovered()
+
+    def _check_recovered(self) -> None:
+        if self._recovering and 0 <= self._peer_own_length <= self.own.length:
+            self._recovered(f"a peer holds {self._peer_own_length} blocks of it")
+
+    def _recovered(self, why: str) -> None:
+        if not self._recovering:
+            return
+        self._recovering = False
+        if self._grace is not None:
+            self._grace.cancel()
+        log.info("own feed recovered (%s): %d blocks, appending from there", why, self.own.length)
+        if self.app.notice == RECOVERING_NOTICE:
+            self.app.notice = None
+        self._announce_online()
+        held, self._held = self._held, []
+        for text in held:
+            self.append_chat(text)
+        self._changed.set()
+
+    def _announce_online(self) -> None:
+        if self._announce and self.own.length == 0:
             self.append_chat(f"{self.name} is online")
+        self._announce = False
 
     def close(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
         for unsubscribe in self._unsubscribe.values():
             unsubscribe()
         self._unsubscribe.clear()
@@ -116,7 +187,7 @@ class DeviceService:
             return
         self.timeline.names[key] = name
         if key not in self.feeds:
-            self.feeds[key] = Core.open(self.store, key)
+            self.feeds[key] = self._open_core(key)
             self._watch(self.feeds[key])
             if self.on_cores_changed:
                 self.on_cores_changed()
@@ -133,6 +204,16 @@ class DeviceService:
             self.on_cores_changed()
         self._changed.set()
 
+    def _open_core(self, key: bytes) -> Core:
+        """A followed or control feed; one damaged in the store is cleared and fetched again."""
+        try:
+            return Core.open(self.store, key)
+        except CorruptStore as e:
+            log.error("feed %s is damaged in the store (%s): cleared, to be fetched again from peers", key.hex()[:16], e)
+            self.app.notice = "feed repaired"
+            self.store.clear_core(key)
+            return Core.open(self.store, key)
+
     def _watch(self, core: Core) -> None:
         self._unsubscribe[core.key] = core.subscribe(
             lambda event, key=core.key: self._on_core_event(key, event)
@@ -141,6 +222,8 @@ class DeviceService:
 
     def _on_core_event(self, key: bytes, event: CoreEvent) -> None:
         self._read(key)
+        if key == self.own.key:
+            self._check_recovered()  # an upgrade from a peer: recovered that far
 
     def _read(self, key: bytes) -> None:
         if self.control is not None and key == self.control.key:
@@ -188,16 +271,35 @@ class DeviceService:
     # -- buttons and chat -----------------------------------------------------------------
     def handle_button(self, event: ButtonEvent) -> None:
         log.debug("button %s %s -> %s", event.button, "held" if event.long else "pressed", event.action)
+        if self.app.notice != RECOVERING_NOTICE:  # a repair or a failed send was seen: clear it
+            self.app.notice = None
         effect = self.app.handle(event.action)
         if isinstance(effect, Send):
             self.append_chat(effect.text)
         self._changed.set()
         self._save_seen()
 
-    def append_chat(self, text: str) -> int:
-        """Append a chat message to the own feed; returns its block index."""
+    def append_chat(self, text: str) -> int | None:
+        """Append a chat message to the own feed; returns its block index, None if the message
+        is held (the own feed is being recovered) or could not be appended (said in the log)."""
         text = sanitize(text)
-        index = self.own.append([chat_block(text, self.name, self._clock())]) - 1
+        if self._recovering:
+            if len(self._held) < MAX_HELD_MESSAGES:
+                self._held.append(text)
+                log.info("held until the own feed is recovered: %s", text)
+            else:
+                log.warning("not sent (over %d messages held while the own feed is recovered): %s", MAX_HELD_MESSAGES, text)
+            return None
+        try:
+            index = self.own.append([chat_block(text, self.name, self._clock())]) - 1
+        except DiskFull:
+            log.error("not sent, the disk is full: %s", text)
+            self.app.notice = "disk full"
+            return None
+        except HypercoreError as e:
+            log.error("not sent (%s): %s", e, text)
+            self.app.notice = "store error"
+            return None
         log.info("sent #%d: %s", index, text)
         return index
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hyperpi import blockjson
+from hyperpi.hypercore.errors import HypercoreError
 from hyperpi.hypercore.keys import z32_encode
 
 log = logging.getLogger("hyperpi.device")
@@ -160,7 +161,7 @@ class Timeline:
         for index in range(start, length):
             try:
                 block = feed.get(index)
-            except KeyError:  # not held after all: read it on the next update
+            except (KeyError, HypercoreError):  # not held after all, or damaged (dropped, fetched again)
                 length = index
                 break
             try:

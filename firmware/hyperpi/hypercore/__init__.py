@@ -18,7 +18,7 @@ from .core import (
     Store,
     VerificationError,
 )
-from .errors import INVALID_REQUEST, NOT_AVAILABLE
+from .errors import INVALID_REQUEST, NOT_AVAILABLE, DiskFull
 from .keys import KeyPair, core_key, discovery_key, generate_keypair, parse_key, qr_payload, z32_decode, z32_encode
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Core",
     "CoreEvent",
     "CorruptStore",
+    "DiskFull",
     "HypercoreError",
     "KeyPair",
     "NotWritable",

@@ -242,8 +242,25 @@ class Core:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row
         if not isinstance(value, bytes) or leaf_hash(value) != expected:
-            raise CorruptStore(f"{where} is damaged in the store")
+            self._drop_block(i)
+            raise CorruptStore(f"{where} was damaged in the store: dropped, to be fetched again from peers")
         return value
+
+    def _drop_block(self, i: int) -> None:
+        """Forget a damaged block (its row holds its leaf hash too, which may be the damaged
+        part): it is no longer held, so replication asks peers for it again, checked against
+        the tree nodes above it."""
+        log.warning("block %d of core %s is damaged in the store: dropped, to be fetched again", i, self.key.hex()[:16])
+        try:
+            self.store.db.execute("DELETE FROM blocks WHERE core=? AND idx=?", (self._id, i))
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        self.store.touched(self)  # a rolled-back transaction brings the row back: reload then
+        self._nodes.pop(2 * i, None)
+        if i < self._contiguous:
+            self._held_above.update(range(i + 1, self._contiguous))
+            self._contiguous = i
+        self._held_above.discard(i)
 
     def has(self, i: int) -> bool:
         return i < self._contiguous or i in self._held_above
@@ -280,7 +297,7 @@ class Core:
     def _block(self, i: int) -> bytes | None:
         try:
             return self.get(i)
-        except KeyError:
+        except (KeyError, CorruptStore):  # a damaged block is dropped by get(): not held any more
             return None
 
     def missing_nodes(self, block_index: int, also_held: Container[int] = ()) -> int:

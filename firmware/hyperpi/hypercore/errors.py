@@ -27,6 +27,10 @@ class StorageError(HypercoreError):
     """The store cannot be used as asked (bad path, unsafe key file, ...)."""
 
 
+class DiskFull(StorageError):
+    """The disk holding the store is full: the store is fine, nothing could be written."""
+
+
 class CorruptStore(StorageError):
     """The database or a key file is damaged, truncated, or belongs to another core."""
 

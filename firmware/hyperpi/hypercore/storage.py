@@ -9,24 +9,27 @@ Layout of a store directory:
                   libsodium's seed || public key). Secret keys never enter the database.
 
 Crash safety: every append or applied proof is one SQLite transaction, so a reopened store
-shows the old or the new head, never a mix. We run WAL with synchronous=NORMAL: a killed
-process loses nothing that was committed (the WAL is in the OS page cache), and a power
-cut can roll back the last few commits but never corrupts the file or tears a head from
-its nodes and signature. FULL would fsync on every append; a chat device prefers the speed
-and re-fetches anything lost from its peers.
+shows the old or the new head, never a mix. We run WAL with synchronous=FULL: each commit
+fsyncs the WAL before it returns, so an append that returned survives a power cut too.
+(NORMAL would skip that fsync; a power cut could then drop the last commits, and a writer
+that lost its tail and appended again would fork its own feed. The cost is measured in
+README "Benchmarks".) A damaged database is set aside whole (`set_aside`); a damaged block
+is dropped by `Core.get` and fetched again from peers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CorruptStore, StorageError
+from .errors import CorruptStore, DiskFull, StorageError
 
 if TYPE_CHECKING:
     from .core import Core
@@ -78,7 +81,7 @@ class Store:
             self.keys_dir.mkdir(mode=DIR_MODE, exist_ok=True)
             _tighten(self.keys_dir, DIR_MODE)  # a key folder others can list leaks key names
         except OSError as error:
-            raise StorageError(f"cannot use {self.path} as a store: {error.strerror}") from None
+            raise _os_error(self.path, error) from None
         self._cores: dict[bytes, Core] = {}
         self._depth = 0  # nesting of transaction()
         self._deferred: dict[str, list[tuple]] = {}  # see defer()
@@ -94,11 +97,13 @@ class Store:
         except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: undecodable schema text
             with contextlib.suppress(Exception):
                 self.db.close()
+            if isinstance(error, sqlite3.DatabaseError) and not _is_damage(error):
+                raise _storage_error(error) from None  # a full disk or a busy store is not damage
             reason = error if isinstance(error, sqlite3.DatabaseError) else "unreadable schema"
             raise CorruptStore(f"{self.db_path} is damaged or not a hyperpi store ({reason})") from None
         except OSError as error:
             self.db.close()
-            raise StorageError(f"cannot use {self.path} as a store: {error.strerror}") from None
+            raise _os_error(self.path, error) from None
 
     @property
     def keys_dir(self) -> Path:
@@ -107,7 +112,7 @@ class Store:
     def _setup(self) -> None:
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=FULL")  # see the module docstring
         # Each checkpoint copies the WAL into the database and fsyncs it; SQLite's default
         # (1000 pages = 4 MiB) checkpoints several times per 100,000 chat messages. 32 MiB
         # lets a burst of appends run without them, at the cost of a WAL file up to that size.
@@ -123,6 +128,26 @@ class Store:
             db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
         elif row[0] != FORMAT:
             raise sqlite3.DatabaseError(f"unknown store format {row[0]!r}")
+
+    def clear_core(self, key: bytes) -> None:
+        """Forget everything stored of core `key` but its record (a damaged core, to fetch again
+        from peers); its secret key file stays. Open it again with Core.open or Core.create."""
+        if self._depth:
+            raise StorageError("cannot clear a core inside a transaction")
+        self._cores.pop(key, None)
+        try:
+            with self.transaction():
+                row = self.db.execute("SELECT id FROM cores WHERE key=?", (key,)).fetchone()
+                if row is not None:
+                    self.db.execute("DELETE FROM blocks WHERE core=?", row)
+                    self.db.execute("DELETE FROM nodes WHERE core=?", row)
+                    self.db.execute(
+                        "UPDATE cores SET manifest=NULL, length=0, fork=0, byte_length=0, signature=NULL"
+                        " WHERE id=?",
+                        row,
+                    )
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
 
     def close(self) -> None:
         if self._depth:
@@ -285,11 +310,51 @@ def damage_is_corruption(what: str) -> Iterator[None]:
         raise CorruptStore(f"{what} is damaged in the store ({type(error).__name__})") from None
 
 
+def set_aside(path: str | Path, now: datetime | None = None) -> Path:
+    """Move a damaged store's database (and its -wal and -shm files) to
+    `cores.db.damaged-<UTC time>` in the same folder, kept for a look later; a Store opened
+    on `path` afterwards starts empty. Returns the new name of the database file."""
+    folder = Path(path)
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    target = folder / f"{DB_NAME}.damaged-{stamp}"
+    for suffix in ("-wal", "-shm", ""):  # the database last: its name is the one reported
+        source = folder / (DB_NAME + suffix)
+        if source.exists():
+            os.replace(source, folder / (target.name + suffix))
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the renames survive a power cut: no second repair of the same file
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+# SQLite's primary result codes (sqlite3.h) that say the file itself is bad.
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+SQLITE_FULL = 13
+
+
+def _is_damage(error: sqlite3.DatabaseError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:  # raised by our own checks (quick_check, format), not by SQLite
+        return not isinstance(error, sqlite3.OperationalError)
+    return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def _os_error(path: Path, error: OSError) -> StorageError:
+    if error.errno == errno.ENOSPC:
+        return DiskFull(f"the disk is full: cannot use {path} as a store")
+    return StorageError(f"cannot use {path} as a store: {error.strerror}")
+
+
 def _storage_error(error: sqlite3.DatabaseError) -> StorageError:
     text = str(error)
+    if getattr(error, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL or "disk is full" in text:
+        return DiskFull(f"the disk is full: the store cannot be written ({text})")
     if "locked" in text or "busy" in text:
         return StorageError(f"the store is busy in another process ({text})")
-    # Disk full, I/O or permission trouble: the file may be fine, the machine is not.
+    # I/O or permission trouble: the file may be fine, the machine is not.
     if isinstance(error, sqlite3.OperationalError) and any(
         word in text for word in ("full", "I/O", "readonly", "unable to open", "permission")
     ):

@@ -8,14 +8,17 @@ whatever the replicator queued. Local appends and downloads on other connections
 one through the cores' events, so a block appended anywhere travels live.
 
     cores = CoreSet(store, [my_feed, friend_feed])
-    await replicate(conn, cores, on_progress=lambda core, length: ...)
+    await replicate(conn, cores, on_progress=lambda core, length: ...,
+                    on_remote_head=lambda core, fork, length: ...)
 
 Reading never waits for writing: received messages are applied at once, and the replies to
 the remote's requests (queued, at most `MAX_REMOTE_REQUESTS` per core, in the replicator) are
 made in small batches by a flush task only as fast as the socket takes them. Until the remote
 opens a channel for a feed we share, its frames may be at most `UNTRUSTED_FRAME_SIZE`.
 
-A misbehaving peer ends only its own connection, with a one-line reason in the log.
+A misbehaving peer ends only its own connection, with a one-line reason in the log. A peer
+holding another version of a feed (a fork) or sending bad proofs for it loses only that
+feed's channel; the log says so once per feed per CoreSet, however often it reconnects.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from hyperpi.hypercore import Core, HypercoreError, Store
 from hyperpi.wire.errors import WireError
-from hyperpi.wire.replicator import Replicator
+from hyperpi.wire.replicator import FeedRefused, PeerProgress, RemoteHead, Replicator
 from hyperpi.wire.secret_stream import MAX_FRAME_SIZE
 
 from .stream import ConnectionClosed, EncryptedConnection
@@ -35,6 +38,7 @@ from .stream import ConnectionClosed, EncryptedConnection
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Core, int], None]
+RemoteHeadCallback = Callable[[Core, int, int], None]  # core, fork, length
 
 # Messages handled between two sends. Answering a whole burst before sending anything would
 # make the two peers take turns (one works while the other waits); small chunks keep both
@@ -57,6 +61,7 @@ class CoreSet:
         self.store = store
         self._cores: dict[bytes, Core] = {}
         self._sessions: set[_Session] = set()
+        self.refused: set[bytes] = set()  # feed keys a peer sent bad proofs for (logged once each)
         for core in cores:
             self.add(core)
 
@@ -85,11 +90,18 @@ class CoreSet:
 class _Session:
     """One connection's replication: a reader loop and sends serialised by a lock."""
 
-    def __init__(self, conn: EncryptedConnection, cores: CoreSet, on_progress: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        conn: EncryptedConnection,
+        cores: CoreSet,
+        on_progress: ProgressCallback | None,
+        on_remote_head: RemoteHeadCallback | None = None,
+    ) -> None:
         assert conn.handshake_hash is not None, "replicate() needs a handshaken connection"
         self.conn = conn
         self.cores = cores
         self.on_progress = on_progress
+        self.on_remote_head = on_remote_head
         self.replicator = Replicator(conn.is_initiator, conn.handshake_hash, lookup=cores.get)
         self._unsubscribe: dict[bytes, Callable[[], None]] = {}
         self._send_lock = asyncio.Lock()
@@ -125,15 +137,30 @@ class _Session:
     async def _flush(self) -> None:
         async with self._send_lock:
             while True:
-                for event in self.replicator.take_events():
-                    if self.on_progress:
-                        self.on_progress(event.core, event.length)
+                self._dispatch_events()
                 frames = self.replicator.frames_to_send()
                 if frames and not self.conn.closed:
                     await self.conn.send_many(frames)  # waits while the peer is not reading
                 if not self.replicator.replies_pending or self.conn.closed:
                     return
                 await asyncio.sleep(0)  # a reply batch at a time: other peers and the screen run between
+
+    def _dispatch_events(self) -> None:
+        for event in self.replicator.take_events():
+            if isinstance(event, PeerProgress) and self.on_progress:
+                self.on_progress(event.core, event.length)
+            elif isinstance(event, RemoteHead) and self.on_remote_head:
+                self.on_remote_head(event.core, event.fork, event.length)
+            elif isinstance(event, FeedRefused):
+                self.detach(event.core)  # this connection only: other peers still serve it
+                if event.core.key not in self.cores.refused:
+                    self.cores.refused.add(event.core.key)
+                    log.warning(
+                        "peer %s: %s; it holds another version of that feed (a fork) or lies about it:"
+                        " that feed is not replicated with it any more, the other feeds are",
+                        self.conn.peername,
+                        event.reason,
+                    )
 
     def _account(self) -> None:
         self.conn.held_elsewhere = self.replicator.held_bytes
@@ -197,9 +224,14 @@ class _Session:
 
 
 async def replicate(
-    conn: EncryptedConnection, cores: CoreSet, *, on_progress: ProgressCallback | None = None
+    conn: EncryptedConnection,
+    cores: CoreSet,
+    *,
+    on_progress: ProgressCallback | None = None,
+    on_remote_head: RemoteHeadCallback | None = None,
 ) -> None:
     """Replicate `cores` over `conn` until the connection ends (the swarm's on_connection).
 
-    `on_progress(core, length)`: the remote now holds blocks [0, length) of `core`."""
-    await _Session(conn, cores, on_progress).run()
+    `on_progress(core, length)`: the remote now holds blocks [0, length) of `core`.
+    `on_remote_head(core, fork, length)`: the remote says it holds that head of `core`."""
+    await _Session(conn, cores, on_progress, on_remote_head).run()

@@ -22,7 +22,10 @@ hypercore 11's exchange on each (protocol doc 7.3):
 
 It performs no I/O: the core is sans-IO too, and `receive` applies verified proofs to it.
 A broken or hostile peer makes `receive` raise `ReplicationError` with a one-line reason;
-the adapter then closes the connection. Nothing unverified is ever stored.
+the adapter then closes the connection. Nothing unverified is ever stored. A proof that does
+not verify against what we hold (the remote holds another version of the feed: a fork, or
+it lies) closes only that core's channel for this connection, reported as a `FeedRefused`
+event; the other cores keep replicating.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hyperpi.hypercore import Core, ProofUnavailable, VerificationError, flat_tree
-from hyperpi.hypercore.errors import INVALID_REQUEST
+from hyperpi.hypercore.errors import INVALID_REQUEST, NOT_AVAILABLE, CorruptStore
 from hyperpi.hypercore.types import BlockRequest, Proof, ProofRequest, UpgradeRequest
 
 from .errors import WireError
@@ -106,6 +109,27 @@ class PeerProgress:
     length: int
 
 
+@dataclass(frozen=True)
+class RemoteHead:
+    """The remote's `sync`: it holds a signed head of `length` blocks of `core` on `fork`."""
+
+    core: Core
+    fork: int
+    length: int
+
+
+@dataclass(frozen=True)
+class FeedRefused:
+    """The remote sent a proof for `core` that does not verify against what we hold; its
+    channel is closed on this connection."""
+
+    core: Core
+    reason: str
+
+
+ReplicationEvent = PeerProgress | RemoteHead | FeedRefused
+
+
 @dataclass(eq=False)
 class _Peer:
     """The state of one core's channel with the remote."""
@@ -172,7 +196,8 @@ class Replicator:
         self.mux.pair(PROTOCOL)  # remote opens for any discovery key reach us as OpenRequested
         self._peers: dict[Channel, _Peer] = {}
         self._by_key: dict[bytes, _Peer] = {}
-        self._events: list[PeerProgress] = []
+        self._events: list[ReplicationEvent] = []
+        self._refused: set[bytes] = set()  # discovery keys whose channel we closed on a bad proof
         # Peers whose announcements and block requests are due. They are made once per
         # burst of received messages, in frames_to_send(), not once per message.
         self._dirty: set[_Peer] = set()
@@ -249,7 +274,7 @@ class Replicator:
         parked = sum(len(p.block.value) for peer in self._peers.values() for _, p in peer.parked if p.block)
         return parked + self.mux.queued_bytes
 
-    def take_events(self) -> list[PeerProgress]:
+    def take_events(self) -> list[ReplicationEvent]:
         events, self._events = self._events, []
         return events
 
@@ -281,7 +306,7 @@ class Replicator:
                     self._on_open(peer, event.handshake)
             elif isinstance(event, OpenRequested):
                 core = self.lookup(event.id) if event.id and event.protocol == PROTOCOL else None
-                if core is None or core.discovery_key in self._by_key:
+                if core is None or core.discovery_key in self._by_key or event.id in self._refused:
                     self.mux.reject(event)
                 else:
                     self._open(core)
@@ -332,6 +357,7 @@ class Replicator:
         peer.remote_length = sync.length
         peer.remote_has_manifest = sync.has_manifest
         core = peer.core
+        self._events.append(RemoteHead(core, sync.fork, sync.length))
         # Echo their length back (Node upgrades only once its length was acknowledged).
         if peer.sent_remote_length != self._acked_length(peer):
             self._send_sync(peer)
@@ -352,6 +378,9 @@ class Replicator:
         req = message.proof_request
         try:
             proof = peer.core.proof(req)
+        except CorruptStore:  # damage found while reading (a block is dropped and fetched again)
+            self._send(peer, NoData(message.id, NOT_AVAILABLE))
+            return
         except ProofUnavailable as error:
             if req.manifest and peer.core.has_manifest:
                 # As Node: a missing block still gets the manifest that was asked for.
@@ -398,11 +427,22 @@ class Replicator:
         try:
             core.verify_and_apply(proof)
         except VerificationError as error:
-            raise ReplicationError(f"remote sent an invalid proof for core {core.key.hex()[:16]}...: {error}") from None
+            self._refuse(peer, f"remote sent an invalid proof for core {core.key.hex()[:16]}...: {error}")
+
+    def _refuse(self, peer: _Peer, reason: str) -> None:
+        """Stop replicating this core with the remote (it holds another version of it, or lies
+        about it); the connection goes on for the other cores."""
+        if peer.channel.closed:
+            return
+        self._refused.add(peer.core.discovery_key)
+        self._events.append(FeedRefused(peer.core, reason))
+        peer.parked.clear()
+        peer.requests.clear()
+        self.remove_core(peer.core)
 
     def _apply_parked(self, peer: _Peer) -> None:
         progress = True
-        while progress and peer.parked:
+        while progress and peer.parked and not peer.channel.closed:
             progress = False
             for item in list(peer.parked):
                 req, proof = item
@@ -619,7 +659,10 @@ __all__ = [
     "MAX_PARKED_BYTES",
     "MAX_REMOTE_REQUESTS",
     "REPLY_BATCH",
+    "FeedRefused",
     "PeerProgress",
+    "RemoteHead",
     "ReplicationError",
+    "ReplicationEvent",
     "Replicator",
 ]
