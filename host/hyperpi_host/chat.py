@@ -2,6 +2,10 @@
 `single-chat.js` (a writer appending chat messages) and `single-chat-viewer.js` (a viewer
 printing a feed live), replicating with them and with hyperpi devices.
 
+Two ways to write: a person's own feed (`--as NAME`, or the default person: the only one, or
+the only owner), kept in the host store, so devices that follow that person show it; or, as in
+the tutorial, a feed of its own in `--store DIR`, made on first use.
+
 Peers are found on the LAN with mDNS by the feed's discovery key (like the tutorial's
 Hyperswarm topic), and/or given with `--peer HOST:PORT` (dial) and `--listen HOST:PORT`.
 The side that dials is the Noise initiator, as with Hyperswarm.
@@ -22,15 +26,16 @@ from pathlib import Path
 
 from hyperpi import blockjson
 from hyperpi.device.timeline import sanitize
-from hyperpi.hypercore import Core, HypercoreError, Store, parse_key, z32_encode
+from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import DEFAULT_PORT
 
-from . import home, netrun
+from . import home, keys, netrun, resolve
 from .cli import UserError
 
 FEED_FILE = "chat-feed"  # the key (hex) of the feed this store writes
 MAX_QUEUED_LINES = 256  # stdin lines read ahead of the appends; reading waits while it is full
+VIEW_STORE = "view-store"  # chat view's default store, apart from the one chat write and pair lock
 APPEND_RETRY_SECONDS = 5.0  # a failed append (full disk) is tried again this often, the line kept
 
 
@@ -41,12 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     write = commands.add_parser(
         "write",
         help="append each line of stdin to your chat feed",
-        description="Create the feed in --store on first use (its key, z-base-32, is the first "
-        "line printed), then append each stdin line as a chat message and serve the feed to peers. "
-        "Keeps serving after end of input until interrupted.",
+        description="Append each stdin line as a chat message to your feed and serve it to peers: "
+        "the feed of a person (--as NAME, kept in the host store), or with --store a feed of its "
+        "own made there on first use. Its key (z-base-32) is the first line printed. Keeps serving "
+        "after end of input until interrupted.",
     )
-    write.add_argument("--store", required=True, type=Path, help="folder holding the feed")
-    write.add_argument("--nick", default="anon", help="name shown with your messages")
+    write.add_argument(
+        "--as", dest="person", metavar="NAME",
+        help="write the feed of this person from `hyperpi keys` (default: the only person, or the only owner)",
+    )
+    write.add_argument("--store", type=Path, help="tutorial mode: write a feed of its own kept in this folder")
+    write.add_argument("--nick", help="name shown with your messages (default: the person's name, or anon)")
     _network_arguments(write)
     write.set_defaults(func=_run_write)
 
@@ -55,8 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print a chat feed, then new messages live",
         description="Print every message of the feed KEY, old ones first, then live ones.",
     )
-    view.add_argument("key", help="the feed's key: z-base-32, hex, or a HYPERPI: QR payload")
-    view.add_argument("--store", required=True, type=Path, help="folder to keep the replicated feed in")
+    view.add_argument("key", help="a person's or device's name, or the feed's key: z-base-32, hex, or HYPERPI:")
+    view.add_argument(
+        "--store", type=Path, help=f"folder to keep the replicated feed in (default: {VIEW_STORE} in the hyperpi home)"
+    )
     view.add_argument("--json", action="store_true", help="print each message as stored, one JSON object per line")
     view.add_argument("--exit-after", type=int, metavar="N", help="exit 0 after printing N messages")
     _network_arguments(view)
@@ -72,20 +84,51 @@ def _network_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_write(args: argparse.Namespace) -> int:
     options = netrun.NetworkOptions.from_args(args)  # refuse bad options before making anything
-    store = _open_store(args.store)
-    core = _own_feed(store, args.store)
+    if args.store is not None:
+        if args.person is not None:
+            raise UserError("--as writes a person's feed in the host store; leave out --store (the tutorial mode)")
+        store = _open_store(args.store)
+        core = _own_feed(store, args.store)
+        noise_folder, nick = args.store, args.nick or "anon"
+    else:
+        person = args.person or default_person()
+        keypair = keys.load_keypair(keys.check_name(person))
+        store = keys.open_store()
+        try:
+            core = Core.create(store, keypair)  # the person's feed; opened if it exists
+        except HypercoreError as error:
+            store.close()
+            raise UserError(f"cannot open the chat feed of {person}: {error}") from None
+        noise_folder, nick = home.hyperpi_home(), args.nick or person
+        print(f"writing as {person}", file=sys.stderr, flush=True)
     print(z32_encode(core.key), flush=True)
 
     async def body(stop: asyncio.Event) -> None:
         lines: asyncio.Queue[str | None] = asyncio.Queue(MAX_QUEUED_LINES)
         _read_lines_in_thread(asyncio.get_running_loop(), lines)
-        appender = asyncio.ensure_future(_append_lines(core, lines, args.nick))
+        appender = asyncio.ensure_future(_append_lines(core, lines, nick))
         await asyncio.wait([appender, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         appender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await appender  # an error raised there (lines not appended) ends the command
 
-    return _run_with_swarm(args, options, store, core, body)
+    return _run_with_swarm(args, options, store, core, body, noise_folder)
+
+
+def default_person() -> str:
+    """The person `chat write` writes as without --as: the only one, else the only owner."""
+    people = keys.list_identities()
+    owners = [p for p in people if p.owner]
+    if len(people) == 1:
+        return people[0].name
+    if len(owners) == 1:
+        return owners[0].name
+    if not people:
+        raise UserError(
+            "no person to write as: create yourself with `hyperpi keys new --owner NAME`, "
+            "or use --store DIR for a feed of its own (the tutorial)"
+        )
+    raise UserError(f"write as whom? give --as NAME, one of: {', '.join(p.name for p in people)}")
 
 
 async def _append_lines(core: Core, lines: asyncio.Queue[str | None], nick: str) -> None:
@@ -123,15 +166,15 @@ async def _append_lines(core: Core, lines: asyncio.Queue[str | None], nick: str)
 
 def _run_view(args: argparse.Namespace) -> int:
     options = netrun.NetworkOptions.from_args(args)
+    found = resolve.feed(args.key, "KEY")
+    folder = args.store if args.store is not None else home.hyperpi_home() / VIEW_STORE
+    store = _open_store(folder)
     try:
-        key = parse_key(args.key)
-    except ValueError as error:
-        raise UserError(f"{error}") from None
-    store = _open_store(args.store)
-    try:
-        core = Core.open(store, key)
+        core = Core.open(store, found.key)
     except HypercoreError as error:
-        raise UserError(f"cannot open the feed in {args.store}: {error}") from None
+        store.close()
+        raise UserError(f"cannot open the feed in {folder}: {error}") from None
+    resolve.say("KEY", found)
 
     async def body(stop: asyncio.Event) -> None:
         printed = 0
@@ -153,7 +196,7 @@ def _run_view(args: argparse.Namespace) -> int:
         finally:
             unsubscribe()
 
-    return _run_with_swarm(args, options, store, core, body)
+    return _run_with_swarm(args, options, store, core, body, folder)
 
 
 # --- shared plumbing ----------------------------------------------------------------------
@@ -240,7 +283,8 @@ def _read_lines_in_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[
 
 
 def _run_with_swarm(
-    args: argparse.Namespace, options: netrun.NetworkOptions, store: Store, core: Core, body: Callable
+    args: argparse.Namespace, options: netrun.NetworkOptions, store: Store, core: Core, body: Callable,
+    noise_folder: Path,
 ) -> int:
     netrun.setup_logging(args.verbose)
     cores = CoreSet(store, [core])
@@ -248,7 +292,7 @@ def _run_with_swarm(
     async def main(stop: asyncio.Event) -> None:
         swarm = await netrun.start_swarm(
             options,
-            netrun.noise_keypair(args.store),  # this store's peer identity
+            netrun.noise_keypair(noise_folder),  # this store's (or the host's) peer identity
             [core.discovery_key],
             lambda conn: replicate(conn, cores),
             name="hyperpi-chat",

@@ -415,14 +415,16 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("kept")
             return 1
-    if identity.control_feed_key is not None:
-        # The control feed's secret is a key file in the host store, not in NAME.secret. Its
-        # signed entries stay there: an import of an export of NAME writes the secret again.
-        with open_store() as store:
+    # The control feed's secret, and the chat feed's once `chat write --as` used it, are key
+    # files in the host store too. Their signed entries stay there: an import of an export of
+    # NAME writes the secrets again.
+    with open_store() as store:
+        for key in (identity.feed_key, identity.control_feed_key):
             try:
-                store.delete_secret_key(identity.control_feed_key)
+                if key is not None:
+                    store.delete_secret_key(key)
             except OSError as error:
-                raise UserError(f"cannot remove the control feed's secret key: {error.strerror}") from None
+                raise UserError(f"cannot remove a secret key from the host store: {error.strerror}") from None
     # Public file first: without it the key no longer lists, even if unlinking the secret fails.
     _public_path(name).unlink(missing_ok=True)
     _secret_path(name).unlink(missing_ok=True)

@@ -4,7 +4,10 @@ name, and every command that takes a key takes either name or the key, and says 
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ from hyperpi.hypercore import generate_keypair, z32_encode
 from hyperpi.hypercore.keys import qr_payload
 from hyperpi_host import devices, keys, pair, provision, resolve
 from tests.conftest import run_cli as run
+
+HYPERPI = [sys.executable, "-m", "hyperpi_host.cli"]
 
 # The small real SD card image of the provisioning tests (sfdisk, mkfs.vfat, mke2fs -d).
 from tests.image.test_provision import base_image  # noqa: F401 - a fixture
@@ -170,3 +175,47 @@ def test_reprovisioning_a_device_refuses_then_moves_its_followers(
         control = keys.open_control_feed(store, "ana")
         in_effect = pair.follows(control, devices.load_device("hall"))
     assert set(in_effect) == {new} and in_effect[new].name == "kitchen"
+
+
+def test_chat_write_as_a_person_appends_to_that_persons_feed(hyperpi_home: Path, tmp_path: Path) -> None:
+    keys.create_identity("ana", owner=True)
+    keys.create_identity("bea")
+    env = {**os.environ, "HYPERPI_HOME": str(hyperpi_home), "PYTHONUNBUFFERED": "1"}
+    writer = subprocess.Popen(
+        [*HYPERPI, "chat", "write", "--as", "bea", "--no-mdns", "--listen", "127.0.0.1:0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert writer.stdout is not None and writer.stderr is not None and writer.stdin is not None
+        assert writer.stdout.readline().strip() == z32_encode(keys.load_identity("bea").feed_key)
+        assert writer.stderr.readline() == "writing as bea\n"
+        port = writer.stderr.readline().strip().rpartition(":")[2]
+        writer.stdin.write("hello from bea\n")
+        writer.stdin.flush()
+        # A viewer names bea too: the same feed a device made with `--follow bea` follows.
+        viewer = subprocess.run(
+            [*HYPERPI, "chat", "view", "bea", "--store", str(tmp_path / "viewer"), "--no-mdns",
+             "--listen", "127.0.0.1:0", "--peer", f"127.0.0.1:{port}", "--exit-after", "1"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert viewer.returncode == 0, viewer.stderr
+        assert viewer.stdout == "<bea> hello from bea\n"
+        assert viewer.stderr.startswith("KEY: person bea, feed key ")
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(60)
+
+
+@pytest.mark.parametrize(
+    ("people", "message"),
+    [((), "no person to write as"), (("bea", "cem"), "give --as NAME, one of: bea, cem")],
+)
+def test_chat_write_without_a_default_person_says_whom(
+    hyperpi_home: Path, capsys: pytest.CaptureFixture, people: tuple[str, ...], message: str
+) -> None:
+    for name in people:
+        keys.create_identity(name)
+    code, out, err = run(capsys, "chat", "write", "--no-mdns")
+    assert code == 2 and message in err and err.count("\n") == 1
+    code, out, err = run(capsys, "chat", "write", "--as", "bea", "--store", str(hyperpi_home / "x"))
+    assert code == 2 and "leave out --store" in err
