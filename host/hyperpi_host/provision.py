@@ -515,7 +515,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a static peer (repeatable)")
     parser.add_argument(
         "--force", action="store_true",
-        help="replace OUT if it exists, and provision a device name used before (new keys: the old card is no longer paired)",
+        help=(
+            "replace OUT if it exists, and provision a device name used before "
+            "(new keys: the old card is no longer paired)"
+        ),
     )
     parser.set_defaults(func=run)
 

@@ -209,7 +209,9 @@ class DeviceService:
         try:
             return Core.open(self.store, key)
         except CorruptStore as e:
-            log.error("feed %s is damaged in the store (%s): cleared, to be fetched again from peers", key.hex()[:16], e)
+            log.error(
+                "feed %s is damaged in the store (%s): cleared, to be fetched again from peers", key.hex()[:16], e
+            )
             self.app.notice = "feed repaired"
             self.store.clear_core(key)
             return Core.open(self.store, key)
@@ -288,7 +290,9 @@ class DeviceService:
                 self._held.append(text)
                 log.info("held until the own feed is recovered: %s", text)
             else:
-                log.warning("not sent (over %d messages held while the own feed is recovered): %s", MAX_HELD_MESSAGES, text)
+                log.warning(
+                    "not sent (over %d messages held while the own feed is recovered): %s", MAX_HELD_MESSAGES, text
+                )
             return None
         try:
             index = self.own.append([chat_block(text, self.name, self._clock())]) - 1

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -315,7 +315,7 @@ def set_aside(path: str | Path, now: datetime | None = None) -> Path:
     `cores.db.damaged-<UTC time>` in the same folder, kept for a look later; a Store opened
     on `path` afterwards starts empty. Returns the new name of the database file."""
     folder = Path(path)
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     target = folder / f"{DB_NAME}.damaged-{stamp}"
     for suffix in ("-wal", "-shm", ""):  # the database last: its name is the one reported
         source = folder / (DB_NAME + suffix)
