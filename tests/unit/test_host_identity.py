@@ -17,10 +17,10 @@ from hyperpi.hypercore.keys import qr_payload
 from hyperpi_host import devices, keys, pair, provision, resolve
 from tests.conftest import run_cli as run
 
-HYPERPI = [sys.executable, "-m", "hyperpi_host.cli"]
-
 # The small real SD card image of the provisioning tests (sfdisk, mkfs.vfat, mke2fs -d).
 from tests.image.test_provision import base_image  # noqa: F401 - a fixture
+
+HYPERPI = [sys.executable, "-m", "hyperpi_host.cli"]
 
 
 def make_device(name: str, owner: str | None, follows: list[tuple[str, bytes]] = ()) -> provision.Identity:
