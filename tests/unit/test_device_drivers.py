@@ -17,7 +17,7 @@ from hyperpi.device.display import Display, open_device
 
 
 class RecordingSPI:
-    """What luma calls on a `spidev.SpiDev`."""
+    """What luma and the display call on a `spidev.SpiDev`."""
 
     def __init__(self) -> None:
         self.opened: tuple[int, int] | None = None
@@ -28,7 +28,7 @@ class RecordingSPI:
     def open(self, port: int, device: int) -> None:
         self.opened = (port, device)
 
-    def writebytes(self, data: list[int]) -> None:
+    def writebytes2(self, data: list[int]) -> None:  # the display uses this one (display.py)
         self.written.append(list(data))
 
     def close(self) -> None:

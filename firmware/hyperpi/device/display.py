@@ -84,11 +84,10 @@ def open_device(board: Board, *, dummy: bool = False, pin_factory: Any = None, b
     if spec.driver == "st7789":
         if pin_factory is None:  # gpiozero would go hunting for RPi.GPIO and /dev/mem instead
             raise ValueError("the panel's DC and backlight pins need GPIO, which is not available (see the GPIO line)")
-        from luma.core.interface.serial import spi
         from luma.lcd.device import st7789
 
         gpio = GpioOutputs(pin_factory)
-        serial = spi(
+        serial = _spi_releasing_the_gil()(
             spi=bus,
             gpio=gpio,
             port=spec.spi_port,
@@ -111,6 +110,19 @@ def open_device(board: Board, *, dummy: bool = False, pin_factory: Any = None, b
 
         return linux_framebuffer(device=spec.fb_device)
     raise ValueError(f"unknown display driver {spec.driver!r}")
+
+
+def _spi_releasing_the_gil() -> type:
+    """luma's SPI interface, writing with spidev's `writebytes2`: luma calls `writebytes`, which holds
+    Python's lock for the whole transfer, so the service's event loop (replication, buttons, the
+    watchdog) would stop while a frame goes out from the display thread; `writebytes2` releases it."""
+    from luma.core.interface.serial import spi
+
+    class Spi(spi):  # type: ignore[misc]
+        def _write_bytes(self, data: list[int]) -> None:
+            self._spi.writebytes2(data)
+
+    return Spi
 
 
 class Display:
