@@ -32,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from hyperpi import blockjson
-from hyperpi.hypercore import Core, CoreEvent, Store, parse_key, z32_encode
+from hyperpi.hypercore import Core, CoreEvent, KeyPair, Store, parse_key, z32_encode
 from hyperpi.hypercore.core import MAX_BLOCK_BYTES
 from hyperpi.net import replication
-from hyperpi.net.stream import HANDSHAKE_TIMEOUT, accept
+from hyperpi.net.stream import HANDSHAKE_TIMEOUT, ConnectionClosed, accept
 from hyperpi.net.swarm import Address, Swarm
-from hyperpi.wire.noise import Keypair, keypair
+from hyperpi.wire.noise import keypair
 
 ENCODINGS = ("binary", "utf-8", "json")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+__all__ = ["ConnectionClosed", "DecodeError", "Feed", "NotAvailable"]
+
 NAME_FILE_SUFFIX = "-feed"  # <folder>/<name>-feed holds the key (hex) of the writable feed `name`
 
 
@@ -136,7 +138,11 @@ class Feed:
                 while not self.core.has(i):
                     waiter = asyncio.get_running_loop().create_future()
                     self._waiters.append(waiter)
-                    await waiter
+                    try:
+                        await waiter
+                    finally:  # a timed-out or cancelled wait leaves nothing behind
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(waiter)
         return self.decode(self.core.get(i), i)
 
     async def read(self, start: int = 0, end: int | None = None, *, live: bool = False) -> AsyncIterator[Any]:
@@ -186,7 +192,7 @@ class Feed:
         writer: asyncio.StreamWriter | None = None,
         is_initiator: bool | None = None,
         *,
-        noise_keypair: Keypair | None = None,
+        noise_keypair: KeyPair | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> str:
         """Replicate over one connection until it ends; returns why it ended (one line).
@@ -223,7 +229,7 @@ class Feed:
         port: int = 0,
         peers: Iterable[Address] = (),
         mdns: bool = True,
-        noise_keypair: Keypair | None = None,
+        noise_keypair: KeyPair | None = None,
         name: str = "hyperpi",
     ) -> Swarm:
         """Join the LAN swarm on this feed's discovery key: listen on `host:port` (0: any

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from hyperpi.hypercore.keys import KeyPair
 from hyperpi.net.swarm import (
     DEFAULT_PORT,
     Address,
@@ -30,7 +31,7 @@ from hyperpi.net.swarm import (
     Swarm,
     parse_peer,
 )
-from hyperpi.wire.noise import Keypair, keypair
+from hyperpi.wire.noise import keypair
 
 from .cli import UserError
 from .home import read_secret, write_secret
@@ -78,7 +79,7 @@ class NetworkOptions:
         return cls(host, int(port_text), True, peers, not args.no_mdns, args.verbose)
 
 
-def noise_keypair(folder: Path) -> Keypair:
+def noise_keypair(folder: Path) -> KeyPair:
     """The peer identity kept in `folder`: the same across runs, so peers keep one connection
     to it (and a device can tell this host from others). Made on first use."""
     path = folder / NOISE_FILE
@@ -89,7 +90,7 @@ def noise_keypair(folder: Path) -> Keypair:
         return pair
     if len(secret) != 64 or keypair(secret[:32]).public_key != secret[32:]:
         raise UserError(f"{path} is not a valid peer key; delete it to make a new one")
-    return Keypair(secret[32:], secret)
+    return KeyPair(secret[32:], secret)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -102,7 +103,7 @@ def setup_logging(verbose: bool) -> None:
 
 async def start_swarm(
     options: NetworkOptions,
-    identity: Keypair,
+    identity: KeyPair,
     topics: Iterable[bytes],
     on_connection: ConnectionHandler,
     *,

@@ -24,7 +24,6 @@ from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, KeyPair, Store, generate_keypair, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import Swarm
-from hyperpi.wire.noise import Keypair
 from hyperpi_host import keys, pair, provision
 from tests.unit.test_host_pair import make_device, run
 
@@ -89,7 +88,7 @@ class DeviceStandIn:
 
         service.on_cores_changed = cores_changed
         swarm = Swarm(
-            Keypair(self.noise.public_key, self.noise.secret_key),
+            self.noise,
             self.port,
             host=self.host,
             name="kitchen",

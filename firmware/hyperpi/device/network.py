@@ -23,7 +23,6 @@ from hyperpi.net.discovery import local_ipv4_addresses
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
 from hyperpi.net.swarm import Swarm
-from hyperpi.wire.noise import Keypair
 
 from .config import DeviceConfig
 from .service import DeviceService
@@ -45,7 +44,7 @@ class DeviceNetwork:
     def __init__(self, service: DeviceService, config: DeviceConfig, noise_keypair: KeyPair) -> None:
         self.service = service
         self.config = config
-        self.keypair = Keypair(noise_keypair.public_key, noise_keypair.secret_key)
+        self.keypair = noise_keypair
         self.cores = CoreSet(service.store, service.cores())
         self.swarm: Swarm | None = None
         self._peers: Counter[bytes] = Counter()  # remote Noise key -> live connections to it

@@ -30,8 +30,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
+from hyperpi.hypercore.keys import KeyPair
 from hyperpi.wire.errors import WireError
-from hyperpi.wire.noise import Keypair
 from hyperpi.wire.secret_stream import MAX_FRAME_SIZE, HandshakeDone, Message, SecretStream
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class EncryptedConnection:
 async def _start(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    keypair: Keypair,
+    keypair: KeyPair,
     is_initiator: bool,
     handshake_timeout: float,
     keepalive: float | None,
@@ -333,7 +333,7 @@ async def _start(
 async def open_connection(
     host: str,
     port: int,
-    keypair: Keypair,
+    keypair: KeyPair,
     *,
     is_initiator: bool = True,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -351,7 +351,7 @@ async def open_connection(
 async def accept(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    keypair: Keypair,
+    keypair: KeyPair,
     *,
     is_initiator: bool = False,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -365,7 +365,7 @@ async def accept(
 async def serve(
     host: str,
     port: int,
-    keypair: Keypair,
+    keypair: KeyPair,
     on_connection: Callable[[EncryptedConnection], Awaitable[None]],
     *,
     is_initiator: bool = False,

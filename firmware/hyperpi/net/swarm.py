@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hyperpi.wire.noise import Keypair
+from hyperpi.hypercore.keys import KeyPair
 
 from .discovery import Discovery, instance_name
 from .stream import ConnectionClosed, EncryptedConnection, accept, open_connection
@@ -212,7 +212,7 @@ class Swarm:
 
     def __init__(
         self,
-        keypair: Keypair,
+        keypair: KeyPair,
         port: int = DEFAULT_PORT,
         *,
         host: str = "0.0.0.0",

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import NamedTuple
 
 import nacl.bindings as sodium
 import nacl.exceptions
+
+from hyperpi.hypercore.keys import KeyPair, generate_keypair
 
 from .errors import HandshakeError
 
@@ -30,20 +31,9 @@ TAGLEN = 16
 MAX_NOISE_MESSAGE = 65535
 
 
-class Keypair(NamedTuple):
-    """An Ed25519 key pair in libsodium form: secret_key = seed || public_key (64 bytes)."""
-
-    public_key: bytes
-    secret_key: bytes
-
-
-def keypair(seed: bytes | None = None) -> Keypair:
-    """A fresh Ed25519 key pair, or the one derived from a 32-byte seed."""
-    if seed is None:
-        pk, sk = sodium.crypto_sign_keypair()
-    else:
-        pk, sk = sodium.crypto_sign_seed_keypair(seed)
-    return Keypair(pk, sk)
+# A Noise static key is an Ed25519 key pair like a feed's: one type for both, KeyPair of
+# hypercore/keys.py (its repr hides the secret half).
+keypair = generate_keypair
 
 
 def dh_scalar(secret_key: bytes) -> bytes:
@@ -97,8 +87,8 @@ class NoiseXX:
     def __init__(
         self,
         is_initiator: bool,
-        static_keypair: Keypair,
-        ephemeral_keypair: Keypair | None = None,
+        static_keypair: KeyPair,
+        ephemeral_keypair: KeyPair | None = None,
     ) -> None:
         self.is_initiator = is_initiator
         self.s = static_keypair
@@ -129,7 +119,7 @@ class NoiseXX:
     def _mix_hash(self, data: bytes) -> None:
         self.h = _hash(self.h + data)
 
-    def _mix_key(self, remote: bytes, local: Keypair) -> None:
+    def _mix_key(self, remote: bytes, local: KeyPair) -> None:
         self.ck, temp_k = hkdf(self.ck, dh(remote, local.secret_key))
         self.k = temp_k[:KEYLEN]
         self.n = 0
@@ -158,7 +148,7 @@ class NoiseXX:
     def _dh_token(self, token: str) -> None:
         # ee: both ephemerals; es: initiator's ephemeral with responder's static; se: reverse.
         assert self.re is not None
-        local: Keypair | None
+        local: KeyPair | None
         remote: bytes | None
         if token == "ee":
             local, remote = self.e, self.re

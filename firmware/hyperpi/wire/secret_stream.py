@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from nacl._sodium import ffi, lib  # PyNaCl's cffi binding of libsodium
 
-from hyperpi.hypercore.keys import namespace
+from hyperpi.hypercore.keys import KeyPair, namespace
 
 from .errors import FrameError, HandshakeError, WireError
-from .noise import Keypair, NoiseXX
+from .noise import NoiseXX
 
 # Largest frame payload: the uint24 length prefix cannot say more, and Node's secret-stream
 # refuses to write more (MAX_ATOMIC_WRITE = 2^24 - 1) while it allocates up to that much for
@@ -139,9 +139,9 @@ class SecretStream:
     def __init__(
         self,
         is_initiator: bool,
-        static_keypair: Keypair,
+        static_keypair: KeyPair,
         *,
-        ephemeral_keypair: Keypair | None = None,
+        ephemeral_keypair: KeyPair | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
     ) -> None:
         if not 0 < max_frame_size <= MAX_FRAME_SIZE:
