@@ -17,9 +17,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from hyperpi import Feed
+from hyperpi import ConnectionClosed, Feed
 from hyperpi.hypercore import HypercoreError
-from hyperpi.net.stream import ConnectionClosed
 
 MAX_QUEUED_LINES = 256  # stdin lines read ahead of the appends
 _tasks: set[asyncio.Task[None]] = set()  # connections being served (kept referenced)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["DecodeError", "Feed", "NotAvailable"]
+__all__ = ["ConnectionClosed", "DecodeError", "Feed", "NotAvailable"]
 
 if TYPE_CHECKING:
-    from .feed import DecodeError, Feed, NotAvailable
+    from .feed import ConnectionClosed, DecodeError, Feed, NotAvailable
 
 
 def __getattr__(name: str) -> Any:
