@@ -34,6 +34,7 @@ from typing import Any
 from hyperpi import blockjson
 from hyperpi.hypercore import Core, CoreEvent, KeyPair, Store, parse_key, z32_encode
 from hyperpi.hypercore.core import MAX_BLOCK_BYTES
+from hyperpi.hypercore.secret_files import write_atomic
 from hyperpi.net import replication
 from hyperpi.net.stream import HANDSHAKE_TIMEOUT, ConnectionClosed, accept
 from hyperpi.net.swarm import Address, Swarm
@@ -296,7 +297,7 @@ def _named_core(store: Store, name: str, compat: bool) -> Core:
         text = marker.read_text()
     except FileNotFoundError:
         core = Core.create(store, compat=compat)
-        _write_new(marker, core.key.hex() + "\n")
+        write_atomic(marker, (core.key.hex() + "\n").encode())  # 0600, as the store's files
         return core
     try:
         key = bytes.fromhex(text.strip())
@@ -306,17 +307,3 @@ def _named_core(store: Store, name: str, compat: bool) -> Core:
     if not core.writable:
         raise ValueError(f"{store.path} holds no secret key for its feed {name!r}: it cannot write")
     return core
-
-
-def _write_new(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, 0600 like the store's other files."""
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
