@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CorruptStore, DiskFull, StorageError
+from .secret_files import fsync_dir, read_secret, write_atomic
 
 if TYPE_CHECKING:
     from .core import Core
@@ -247,46 +248,22 @@ class Store:
         return self.keys_dir / f"{key.hex()}.secret"
 
     def write_secret_key(self, key: bytes, secret_key: bytes) -> None:
-        """Write the 0600 key file atomically (temp file, fsync, rename)."""
-        path = self.secret_key_path(key)
-        tmp = path.with_suffix(".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            os.write(fd, secret_key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(self.keys_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself survive a power cut
-        finally:
-            os.close(dir_fd)
+        """Write the 0600 key file atomically (temp file, fsync, rename, fsync of the folder)."""
+        write_atomic(self.secret_key_path(key), secret_key)
 
     def delete_secret_key(self, key: bytes) -> None:
         """Remove a core's secret key file (the core stays, read-only); no file is no error."""
         self.secret_key_path(key).unlink(missing_ok=True)
-        dir_fd = os.open(self.keys_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # gone for good, even after a power cut
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.keys_dir)  # gone for good, even after a power cut
 
     def read_secret_key(self, key: bytes) -> bytes | None:
-        """The secret key for a core key, None if this store has none."""
+        """The secret key for a core key, None if this store has none; SecretFileError (a
+        StorageError) if others may read the file."""
         path = self.secret_key_path(key)
         try:
-            mode = stat.S_IMODE(path.stat().st_mode)
+            data = read_secret(path)
         except FileNotFoundError:
             return None
-        if mode & 0o077:
-            raise StorageError(
-                f"secret key file {path} is readable by others (mode {mode:o}); "
-                f"run `chmod 600 {path}` and try again"
-            )
-        data = path.read_bytes()
         if len(data) != SECRET_KEY_BYTES:
             raise CorruptStore(f"secret key file {path} is damaged ({len(data)} bytes, expected 64)")
         return data
@@ -321,11 +298,7 @@ def set_aside(path: str | Path, now: datetime | None = None) -> Path:
         source = folder / (DB_NAME + suffix)
         if source.exists():
             os.replace(source, folder / (target.name + suffix))
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the renames survive a power cut: no second repair of the same file
-    finally:
-        os.close(dir_fd)
+    fsync_dir(folder)  # the renames survive a power cut: no second repair of the same file
     return target
 
 
