@@ -46,6 +46,7 @@ from hyperpi.hypercore import (
     core_key,
     generate_keypair,
 )
+from hyperpi.hypercore.secret_files import read_secret, write_atomic
 from hyperpi.hypercore.storage import set_aside
 
 from . import gpio, memory, notify, selfcheck
@@ -99,22 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_secret(path: Path) -> KeyPair:
-    """The key pair in a 0600 file of 64 bytes, made on first start; refuses a readable one."""
+    """The key pair in a 0600 file of 64 bytes, made on first start; refuses a readable one
+    (SecretFileError, a StorageError)."""
     try:
-        data = path.read_bytes()
+        data = read_secret(path)
     except FileNotFoundError:
         keypair = generate_keypair()
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, keypair.secret_key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(path.with_suffix(".tmp"), path)
+        write_atomic(path, keypair.secret_key)
         return keypair
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise StorageError(f"{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
     if len(data) != 64 or generate_keypair(data[:32]).secret_key != data:
         raise StorageError(f"{path} is not a 64-byte Ed25519 secret key")
     return KeyPair(data[32:], data)
