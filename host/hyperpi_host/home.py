@@ -2,26 +2,24 @@
 
 The home directory is `$HYPERPI_HOME`, else `$XDG_CONFIG_HOME/hyperpi`, else `~/.config/hyperpi`.
 It and every folder below it are created mode 0700. Secret files are written 0600 and atomically
-(a temporary file beside the target, fsync, rename), so a crash leaves the old file or the new one,
-never half a key. A secret that other users can read is refused, with the command that fixes it:
-the key may already be leaked, and silently tightening it would hide that.
+(hyperpi/hypercore/secret_files.py: a temporary file beside the target, fsync, rename), so a crash
+leaves the old file or the new one, never half a key. A secret that other users can read is
+refused, with the command that fixes it: the key may already be leaked, and silently tightening
+it would hide that.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 from pathlib import Path
 
+from hyperpi.hypercore import secret_files
 from hyperpi_host.cli import UserError
 
 HOME_ENV = "HYPERPI_HOME"
 DIR_MODE = 0o700
-SECRET_MODE = 0o600
-# Secrets are a few hundred bytes; a larger "secret" file is a mistake (wrong file given), and
-# reading it whole could be expensive, so stop early.
-MAX_SECRET_BYTES = 64 * 1024
+SECRET_MODE = secret_files.SECRET_MODE
+MAX_SECRET_BYTES = secret_files.MAX_SECRET_BYTES
 
 
 def hyperpi_home() -> Path:
@@ -63,57 +61,14 @@ def write_secret(path: Path, data: bytes) -> None:
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data` in one step: a crash leaves the old or the new content."""
     ensure_dir(path.parent)
-    # mkstemp creates the file 0600, so a secret is never readable by others, even before chmod.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fchmod(tmp.fileno(), mode)
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    secret_files.write_atomic(path, data, mode)
 
 
 def read_secret(path: Path) -> bytes:
-    """Read a secret file, refusing one that group or others may read."""
+    """Read a secret file, refusing one that group or others may read (UserError, one line)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return secret_files.read_secret(path, MAX_SECRET_BYTES)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        # Check the opened file itself, so a swap between check and read cannot slip through.
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise UserError(
-                f"{path} is readable by other users; fix with: chmod 600 {path} "
-                "(and replace the key if others may have copied it)"
-            )
-        data = handle.read(MAX_SECRET_BYTES + 1)
-    if len(data) > MAX_SECRET_BYTES:
-        raise UserError(f"{path} is too large to be a hyperpi secret")
-    return data
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    except secret_files.SecretFileError as error:
+        raise UserError(str(error)) from None
