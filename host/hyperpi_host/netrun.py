@@ -24,13 +24,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from hyperpi.hypercore.keys import KeyPair
-from hyperpi.net.swarm import (
-    DEFAULT_PORT,
-    Address,
-    ConnectionHandler,
-    Swarm,
-    parse_peer,
-)
+from hyperpi.net.address import DEFAULT_PORT, Address, parse_address
+from hyperpi.net.swarm import ConnectionHandler, Swarm
 from hyperpi.wire.noise import keypair
 
 from .cli import UserError
@@ -66,17 +61,17 @@ class NetworkOptions:
     def from_args(cls, args: argparse.Namespace, *, default_port: int = DEFAULT_PORT) -> NetworkOptions:
         """Checked options from `add_network_arguments`; UserError names the bad one."""
         try:
-            peers = tuple(parse_peer(p) for p in args.peer)
+            peers = tuple(parse_address(p) for p in args.peer)
         except ValueError as error:
-            raise UserError(str(error)) from None
+            raise UserError(f"--peer {error}") from None
         if args.listen is None:
             return cls("0.0.0.0", default_port, False, peers, not args.no_mdns, args.verbose)
-        host, _, port_text = args.listen.rpartition(":")
-        host = host.strip("[]")
-        # Port 0 is allowed here: any free port, printed on stderr.
-        if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-            raise UserError(f"listen address {args.listen!r} is not HOST:PORT (for example 0.0.0.0:{DEFAULT_PORT})")
-        return cls(host, int(port_text), True, peers, not args.no_mdns, args.verbose)
+        try:
+            # Port 0 is allowed here: any free port, printed on stderr.
+            host, port = parse_address(args.listen, any_port=True)
+        except ValueError as error:
+            raise UserError(f"--listen {error}") from None
+        return cls(host, port, True, peers, not args.no_mdns, args.verbose)
 
 
 def noise_keypair(folder: Path) -> KeyPair:

@@ -37,6 +37,7 @@ from hyperpi.hypercore.keys import (
     generate_keypair,
     z32_encode,
 )
+from hyperpi.net.address import parse_address
 from hyperpi_host import bmap, ext4fs, fatfs, home
 from hyperpi_host.cli import UserError
 from hyperpi_host.imagefile import ImageError, open_image
@@ -205,9 +206,11 @@ def check_preset(text: str) -> str:
 
 
 def check_peer(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"--peer {text!r}: expected HOST:PORT")
+    """A static peer for the device config, checked as the device will read it."""
+    try:
+        parse_address(text)
+    except ValueError as error:
+        raise UserError(f"--peer {error}") from None
     return text
 
 

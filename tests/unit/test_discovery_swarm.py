@@ -9,12 +9,11 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hyperpi.net.stream import EncryptedConnection
-from hyperpi.net.swarm import Swarm, keeps_new, parse_peer
+from hyperpi.net.swarm import Swarm, keeps_new
 from hyperpi.wire.noise import keypair
 
 keys = st.binary(min_size=32, max_size=32)
@@ -43,22 +42,6 @@ def test_same_direction_duplicate_replaces_the_old_one() -> None:
     # the dialler only dials again after losing the first connection
     assert keeps_new(b"\x01" * 32, b"\x02" * 32, True, True)
     assert keeps_new(b"\x01" * 32, b"\x02" * 32, False, False)
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("192.168.1.23:49737", ("192.168.1.23", 49737)),
-    ("kitchen.local:1", ("kitchen.local", 1)),
-    ("[fe80::1]:49737", ("fe80::1", 49737)),
-])
-def test_parse_peer(text: str, expected: tuple[str, int]) -> None:
-    assert parse_peer(text) == expected
-
-
-@pytest.mark.parametrize("text", ["kitchen", "kitchen:", ":49737", "host:port", "host:0", "host:70000"])
-def test_parse_peer_refuses_with_one_line(text: str) -> None:
-    with pytest.raises(ValueError, match="is not HOST:PORT") as info:
-        parse_peer(text)
-    assert "\n" not in str(info.value)
 
 
 def seeded(name: str):  # noqa: ANN201 - a Keypair

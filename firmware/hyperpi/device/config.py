@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from hyperpi.hypercore.keys import parse_key
+from hyperpi.net.address import DEFAULT_PORT, parse_address
 
 from .boards import BOARDS
 
 EX_CONFIG = 78  # sysexits.h: "something was found in an unconfigured or misconfigured state"
 DEFAULT_CONFIG = Path("/etc/hyperpi/device.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/hyperpi")
-DEFAULT_PORT = 49737  # any fixed port works; fixed so a static peer list stays valid
 
 MAX_NAME_CHARS = 32  # a name must fit the status line of a 128 px wide OLED with room to spare
 MAX_PRESETS = 32  # cycling through more than this with one button is no longer usable
@@ -133,16 +133,12 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
     if not isinstance(raw_peers, list):
         raise fail("peers", 'must be a list of "host:port" strings')
     for p in raw_peers:
-        host, sep, port_text = str(p).rpartition(":")
-        if (
-            not isinstance(p, str)
-            or not sep
-            or not host
-            or not port_text.isdigit()
-            or not 0 < int(port_text) < 65536
-        ):
-            raise fail("peers", f'{p!r} is not "host:port"')
-        peers.append((host.strip("[]"), int(port_text)))
+        if not isinstance(p, str):
+            raise fail("peers", f'{p!r} is not a "host:port" string')
+        try:
+            peers.append(parse_address(p))
+        except ValueError as error:
+            raise fail("peers", str(error)) from None
 
     state_dir = data.get("state_dir", str(DEFAULT_STATE_DIR))
     if not isinstance(state_dir, str) or not state_dir:

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 
 from hyperpi.hypercore.keys import KeyPair
 
+from .address import DEFAULT_PORT, Address
 from .discovery import Discovery, instance_name
 from .stream import ConnectionClosed, EncryptedConnection, accept, open_connection
 
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 49737  # the device's fixed replication port (device config uses the same)
 # Close a connection after this long without a single byte from the peer. Peers send a
 # keepalive after 5 s without writing (Node hypercore and stream.py), so 20 s is four
 # missed keepalives: a peer that lost power or its link is dropped within 20 s.
@@ -90,16 +90,6 @@ LOG_INTERVAL = 10.0
 TRIM_INTERVAL = 2.0
 
 ConnectionHandler = Callable[[EncryptedConnection], Awaitable[None]]
-Address = tuple[str, int]
-
-
-def parse_peer(text: str) -> Address:
-    """`HOST:PORT` (or `[IPv6]:PORT`) as a (host, port) pair; ValueError says what is wrong."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"peer {text!r} is not HOST:PORT (for example 192.168.1.23:{DEFAULT_PORT})")
-    return host, int(port_text)
 
 
 def connection_cap() -> int:
