@@ -126,8 +126,9 @@ class DeviceService:
         )
 
     def on_remote_head(self, core: Core, fork: int, length: int) -> None:
-        """A peer holds a signed head of `length` blocks of `core` (its `sync`)."""
-        if core is self.own and self._recovering:
+        """A peer holds a signed head of `length` blocks of `core` (its `sync`). A peer holding
+        none of the own feed tells nothing: wait for one that holds some, or the grace time."""
+        if core is self.own and self._recovering and length > 0:
             self._peer_own_length = max(self._peer_own_length, length)
             self._check_recovered()
 

@@ -197,6 +197,7 @@ class Replicator:
         self._peers: dict[Channel, _Peer] = {}
         self._by_key: dict[bytes, _Peer] = {}
         self._events: list[ReplicationEvent] = []
+        self._heads: dict[bytes, RemoteHead] = {}  # the remote's last sync per core, until taken
         self._refused: set[bytes] = set()  # discovery keys whose channel we closed on a bad proof
         # Peers whose announcements and block requests are due. They are made once per
         # burst of received messages, in frames_to_send(), not once per message.
@@ -276,7 +277,8 @@ class Replicator:
 
     def take_events(self) -> list[ReplicationEvent]:
         events, self._events = self._events, []
-        return events
+        heads, self._heads = list(self._heads.values()), {}  # one per core: a sync flood adds nothing
+        return [*events, *heads]
 
     def remote_length(self, core: Core) -> int:
         """How many blocks of `core` the remote holds contiguously, as far as we know."""
@@ -357,7 +359,7 @@ class Replicator:
         peer.remote_length = sync.length
         peer.remote_has_manifest = sync.has_manifest
         core = peer.core
-        self._events.append(RemoteHead(core, sync.fork, sync.length))
+        self._heads[core.discovery_key] = RemoteHead(core, sync.fork, sync.length)
         # Echo their length back (Node upgrades only once its length was acknowledged).
         if peer.sent_remote_length != self._acked_length(peer):
             self._send_sync(peer)
@@ -445,6 +447,8 @@ class Replicator:
         while progress and peer.parked and not peer.channel.closed:
             progress = False
             for item in list(peer.parked):
+                if peer.channel.closed:
+                    return  # a parked proof did not verify: the channel is closed, nothing left
                 req, proof = item
                 assert req.block is not None
                 if peer.core.has_node(_anchor(req.block)):
