@@ -31,7 +31,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from hyperpi.hypercore import (
 from hyperpi.hypercore.secret_files import read_secret, write_atomic
 from hyperpi.hypercore.storage import set_aside
 
-from . import gpio, memory, notify, selfcheck
+from . import gpio, memory, network, notify, selfcheck
 from .boards import get_board
 from .buttons import Buttons
 from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
@@ -68,9 +67,6 @@ NOISE_SECRET = "noise.secret"  # 64-byte Ed25519 secret key: the device's Noise 
 # SQLite's default page cache is 2 MiB per connection; the device reads a few recent blocks per
 # feed, so 512 KiB keeps lookups cached and the service under its 40 MB RSS budget.
 SQLITE_CACHE_KIB = 512
-
-# The network's entry point, added by the swarm work: `async run(service, config, noise, stop)`.
-NetworkRunner = Callable[[DeviceService, DeviceConfig, KeyPair, asyncio.Event], Awaitable[None]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,14 +182,6 @@ def open_own_feed(store: Store, feed_keys: KeyPair) -> tuple[Core, bool]:
         return Core.create(store, feed_keys), True
 
 
-def _network_runner() -> NetworkRunner | None:
-    try:
-        from . import network  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return network.run
-
-
 async def run(
     config: DeviceConfig,
     store: Store,
@@ -256,11 +244,7 @@ async def run(
 
     service.start()
     tasks = [asyncio.ensure_future(service.run(stop))]
-    network = _network_runner()
-    if network is not None:
-        tasks.append(asyncio.ensure_future(network(service, config, noise_keys, stop)))
-    else:
-        service.set_network(False, 0)
+    tasks.append(asyncio.ensure_future(network.run(service, config, noise_keys, stop)))
     tasks.append(asyncio.ensure_future(memory.trim_periodically(stop)))
     interval = notify.watchdog_interval()
     if interval:
