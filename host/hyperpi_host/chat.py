@@ -32,6 +32,7 @@ from hyperpi.net.swarm import DEFAULT_PORT
 
 from . import home, keys, netrun, resolve
 from .cli import UserError
+from .storelock import LockedStore
 
 FEED_FILE = "chat-feed"  # the key (hex) of the feed this store writes
 MAX_QUEUED_LINES = 256  # stdin lines read ahead of the appends; reading waits while it is full
@@ -55,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--as", dest="person", metavar="NAME",
         help="write the feed of this person from `hyperpi keys` (default: the only person, or the only owner)",
     )
-    write.add_argument("--store", type=Path, help="tutorial mode: write a feed of its own kept in this folder")
+    write.add_argument(
+        "--store", type=folder_argument, help="tutorial mode: write a feed of its own kept in this folder"
+    )
     write.add_argument("--nick", help="name shown with your messages (default: the person's name, or anon)")
     _network_arguments(write)
     write.set_defaults(func=_run_write)
@@ -65,14 +68,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print a chat feed, then new messages live",
         description="Print every message of the feed KEY, old ones first, then live ones.",
     )
-    view.add_argument("key", help="a person's or device's name, or the feed's key: z-base-32, hex, or HYPERPI:")
     view.add_argument(
-        "--store", type=Path, help=f"folder to keep the replicated feed in (default: {VIEW_STORE} in the hyperpi home)"
+        "key", help="a person's or device's name, or the feed's key: z-base-32, hex, or HYPERPI:"
+    )
+    view.add_argument(
+        "--store", type=folder_argument,
+        help=f"folder to keep the replicated feed in (default: {VIEW_STORE} in the hyperpi home)",
     )
     view.add_argument("--json", action="store_true", help="print each message as stored, one JSON object per line")
     view.add_argument("--exit-after", type=int, metavar="N", help="exit 0 after printing N messages")
     _network_arguments(view)
     view.set_defaults(func=_run_view)
+
+
+def folder_argument(text: str) -> Path:
+    # Path("") is the current folder: an empty --store is a slip (an unset shell variable).
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder name")
+    return Path(text)
 
 
 def _network_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +104,7 @@ def _run_write(args: argparse.Namespace) -> int:
         core = _own_feed(store, args.store)
         noise_folder, nick = args.store, args.nick or "anon"
     else:
-        person = args.person or default_person()
+        person = default_person() if args.person is None else args.person
         keypair = keys.load_keypair(keys.check_name(person))
         store = keys.open_store()
         try:
@@ -166,6 +179,8 @@ async def _append_lines(core: Core, lines: asyncio.Queue[str | None], nick: str)
 
 def _run_view(args: argparse.Namespace) -> int:
     options = netrun.NetworkOptions.from_args(args)
+    if args.exit_after is not None and args.exit_after < 0:
+        raise UserError(f"--exit-after must be 0 or more, got {args.exit_after}")
     found = resolve.feed(args.key, "KEY")
     folder = args.store if args.store is not None else home.hyperpi_home() / VIEW_STORE
     store = _open_store(folder)
@@ -232,7 +247,7 @@ def _escape_unprintable(text: str) -> str:
 
 def _open_store(path: Path) -> Store:
     try:
-        return Store(path)
+        return LockedStore(path)
     except HypercoreError as error:
         raise UserError(f"cannot use {path} as a store: {error}") from None
     except OSError as error:

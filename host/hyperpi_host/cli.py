@@ -3,13 +3,22 @@
 A command module exposes `register(subparsers)`, which adds its sub-parser(s) and sets
 `func` (called with the parsed args, returning an exit code). User mistakes raise
 `UserError`, printed as one line without a traceback.
+
+Exit status: 0 done; 1 the command could not finish (a store in use, a file it cannot write);
+2 a mistake in the command line, with one line saying what to do; 3 `hyperpi pair`: the entry is
+kept, not yet delivered; 130 interrupted (Ctrl-C, SIGTERM); 141 the reader of stdout went away
+(`| head`), said by nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from typing import NoReturn
+
+from hyperpi import __version__
 
 # Command-group modules, in the order `hyperpi --help` lists them.
 COMMAND_MODULES = [
@@ -32,11 +41,24 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for `yes | head`
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its mistakes in one line (usage stays in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hyperpi",
         description="hyperpi host tool: keys, QR pairing, SD card images, flashing, and LAN chat.",
+        epilog="Exit status: 0 done, 1 could not finish, 2 a mistake in the command (one line says "
+        "what to do), 3 pair entry kept but not yet delivered, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"hyperpi {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -44,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except UserError as error:
         print(f"hyperpi: {error}", file=sys.stderr)
@@ -57,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hyperpi: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Point stdout at /dev/null so the
+        # interpreter's last flush at exit cannot fail on the closed pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except OSError as error:
+        # A file or folder the commands did not expect to fail (a folder where a file was
+        # meant, a read-only place): one line naming it, never a traceback.
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"hyperpi: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from hyperpi.hypercore.keys import (
 )
 from hyperpi_host import home
 from hyperpi_host.cli import UserError
+from hyperpi_host.storelock import LockedStore
 
 KEYS_DIR = "keys"
 STORE_DIR = "store"
@@ -181,7 +184,7 @@ def _create_control_feed(control: KeyPair) -> bytes:
 def open_store() -> Store:
     """The host's Hypercore store (control feeds, followed feeds); the caller closes it."""
     try:
-        return Store(store_path())
+        return LockedStore(store_path())
     except HypercoreError as error:
         raise UserError(f"{error}; move {store_path()} aside to start a fresh store") from None
 
@@ -282,7 +285,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a key's feed key, discovery key and QR code")
-    show.add_argument("name", metavar="NAME")
+    show.add_argument("name", metavar="NAME", help="a person's name from `hyperpi keys list`")
     show.add_argument("--qr", action="store_true", help="print the pairing QR code in the terminal")
     show.add_argument("--png", type=Path, metavar="FILE", help="save the pairing QR code as a PNG")
     show.add_argument(
@@ -297,17 +300,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="write a key's secret to a file (mode 0600), to move it to another computer",
     )
-    export.add_argument("name", metavar="NAME")
+    export.add_argument("name", metavar="NAME", help="the person whose secret to export")
     export.add_argument("file", nargs="?", type=Path, metavar="FILE", help="default: stdout, if not a terminal")
     export.set_defaults(func=cmd_export)
 
     imp = sub.add_parser("import", help="store a key from a `keys export` file under NAME")
-    imp.add_argument("name", metavar="NAME")
+    imp.add_argument("name", metavar="NAME", help="the name to store it under (not yet used here)")
     imp.add_argument("file", metavar="FILE", help="the export file, or - for stdin")
     imp.set_defaults(func=cmd_import)
 
     rm = sub.add_parser("rm", help="delete a key (its secret is gone for good)")
-    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("name", metavar="NAME", help="the person to delete")
     rm.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(func=cmd_rm)
 
@@ -365,6 +368,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.file is None or str(args.file) == "-":
         if sys.stdout.isatty():
             raise UserError("refusing to print a secret key to the terminal; give a FILE or redirect stdout")
+        _make_stdout_private()
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return 0
@@ -379,6 +383,28 @@ def cmd_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _make_stdout_private() -> None:
+    """A redirect (`> ana.key`) makes a file with the shell's umask, often 0644: a file we write
+    a secret into is made 0600 first, or refused if we may not change its mode. Pipes and
+    other kinds of stdout are left alone (their reader decides where the secret goes)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not backed by a file descriptor (an in-memory stream)
+        return
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o077:
+        return
+    try:
+        os.fchmod(fd, home.SECRET_MODE)
+    except OSError as error:
+        raise UserError(
+            f"stdout is a file other users can read, and its mode cannot be changed ({error.strerror}); "
+            "give a FILE instead"
+        ) from None
+    print(f"note: made the file stdout goes to private (mode 0600, was {stat.S_IMODE(info.st_mode):o})",
+          file=sys.stderr)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -448,6 +448,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     timeout = _check_timeout(args)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
+    if args.owner is not None and keys.load_identity(keys.check_name(args.owner)).control_feed_key is None:
+        raise UserError(f"--owner {args.owner!r} is not an owner identity (see `hyperpi keys list`)")
     if args.device is not None:
         devices = [load_device(args.device)]
         owners = {owner_of(devices[0], args.owner)}

@@ -493,7 +493,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--board", default="headless", metavar="B", help=f"board profile: {', '.join(board_names())} (default headless)"
     )
-    parser.add_argument("--wifi-ssid", metavar="S")
+    parser.add_argument(
+        "--wifi-ssid", metavar="S", help="the Wi-Fi network's name (with --wifi-psk and --wifi-country)"
+    )
     parser.add_argument("--wifi-psk", metavar="P", help="passphrase (8-63 characters) or 64 hex digits")
     parser.add_argument("--wifi-country", metavar="CC", help="ISO 3166-1 alpha-2 country code, e.g. DE")
     parser.add_argument(
