@@ -29,6 +29,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hyperpi.device.boards import BOARDS
+from hyperpi.device.config import ConfigError, parse_config
 from hyperpi.hypercore import HypercoreError
 from hyperpi.hypercore.keys import (
     KeyPair,
@@ -37,7 +39,7 @@ from hyperpi.hypercore.keys import (
     generate_keypair,
     z32_encode,
 )
-from hyperpi.net.address import parse_address
+from hyperpi.net.address import DEFAULT_PORT, parse_address
 from hyperpi_host import bmap, ext4fs, fatfs, home
 from hyperpi_host.cli import UserError
 from hyperpi_host.imagefile import ImageError, open_image
@@ -70,8 +72,6 @@ SSH_KEY_TYPES = {
     "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
 }
 COPY_CHUNK = 1 << 20  # sparse copy: all-zero chunks of this size become holes
-BOARDS_FALLBACK = ("display-hat-mini", "mini-pitft", "oled-bonnet", "hdmi", "headless")
-DEFAULT_PORT_FALLBACK = 49737
 
 # ISO 3166-1 alpha-2 (249 codes, from Debian's iso-codes 4.15): the Wi-Fi regulatory domain.
 COUNTRY_CODES = frozenset("""
@@ -84,22 +84,6 @@ NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA
 SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
 TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
 """.split())
-
-
-def board_names() -> tuple[str, ...]:
-    try:
-        from hyperpi.device.boards import BOARDS
-    except ImportError:
-        return BOARDS_FALLBACK
-    return tuple(BOARDS)
-
-
-def default_port() -> int:
-    try:
-        from hyperpi.device.config import DEFAULT_PORT
-    except ImportError:
-        return DEFAULT_PORT_FALLBACK
-    return DEFAULT_PORT
 
 
 @dataclass(frozen=True)
@@ -118,7 +102,7 @@ class Settings:
     presets: list[str] = field(default_factory=list)
     follows: list[tuple[str, bytes]] = field(default_factory=list)
     owner: bytes | None = None
-    listen_port: int = DEFAULT_PORT_FALLBACK
+    listen_port: int = DEFAULT_PORT
     peers: list[str] = field(default_factory=list)
     wifi: Wifi | None = None
     ssh_keys: str | None = None  # authorized_keys text
@@ -144,9 +128,8 @@ def check_name(name: str) -> str:
 
 
 def check_board(board: str) -> str:
-    boards = board_names()
-    if board not in boards:
-        raise UserError(f"unknown board {board!r}; boards: {', '.join(boards)}")
+    if board not in BOARDS:
+        raise UserError(f"unknown board {board!r}; boards: {', '.join(BOARDS)}")
     return board
 
 
@@ -306,10 +289,6 @@ def device_toml(settings: Settings) -> bytes:
         lines += ["", "[[follow]]", f"name = {_toml_str(name)}", f"key = {_toml_str(z32_encode(key))}"]
     text = "\n".join(lines) + "\n"
     data = tomllib.loads(text)
-    try:
-        from hyperpi.device.config import ConfigError, parse_config
-    except ImportError:
-        return text.encode()
     try:
         parse_config(data, Path(DEVICE_TOML))
     except ConfigError as error:
@@ -491,7 +470,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the provisioned image to write")
     parser.add_argument("--device", required=True, metavar="NAME", help="device name (also its host name)")
     parser.add_argument(
-        "--board", default="headless", metavar="B", help=f"board profile: {', '.join(board_names())} (default headless)"
+        "--board", default="headless", metavar="B", help=f"board profile: {', '.join(BOARDS)} (default headless)"
     )
     parser.add_argument(
         "--wifi-ssid", metavar="S", help="the Wi-Fi network's name (with --wifi-psk and --wifi-country)"
@@ -513,9 +492,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--listen-port",
         type=int,
-        default=default_port(),
+        default=DEFAULT_PORT,
         metavar="PORT",
-        help=f"replication port (default {default_port()})",
+        help=f"replication port (default {DEFAULT_PORT})",
     )
     parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a static peer (repeatable)")
     parser.add_argument(

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperpi.device import network, service as service_module
+from hyperpi.device import network
+from hyperpi.device import service as service_module
 from hyperpi.device.config import DeviceConfig, Follow
 from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, CorruptStore, DiskFull, KeyPair, Store, core_key, generate_keypair
@@ -342,3 +343,16 @@ def test_a_full_disk_is_named_and_a_message_that_cannot_be_sent_is_no_crash(
         assert device.append_chat("fits again") == length
         own.audit()
         device.close()
+
+
+def test_only_a_device_that_used_its_feed_key_before_waits_to_recover_its_feed(tmp_path: Path) -> None:
+    from hyperpi.device.main import has_run_before
+
+    keys = generate_keypair()
+    with Store(tmp_path / "store") as store:
+        assert not has_run_before(store, keys, tmp_path)  # provisioned: only feed.secret exists
+        Core.create(store, keys)  # the first start copies the key into the store
+        assert has_run_before(store, keys, tmp_path)
+    with Store(tmp_path / "other") as store:  # the store is gone, the unread marks are not
+        (tmp_path / "seen.json").write_text("{}")
+        assert has_run_before(store, keys, tmp_path)

@@ -53,7 +53,7 @@ from .boards import get_board
 from .buttons import Buttons
 from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
 from .display import Display, open_device
-from .service import DeviceService
+from .service import SEEN_FILE, DeviceService
 
 log = logging.getLogger("hyperpi.device")
 
@@ -91,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test the board's devices, GPIO, buttons, screen, network and clock, then exit",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="least severe log lines shown (default INFO)",
+    )
+    from hyperpi import __version__
+
+    p.add_argument("--version", action="version", version=f"hyperpi-device {__version__}")
     return p
 
 
@@ -128,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir or config.state_dir
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        new_identity = not (state_dir / FEED_SECRET).exists()
         feed_keys = load_secret(state_dir / FEED_SECRET)
         noise_keys = load_secret(state_dir / NOISE_SECRET)
         store, repaired = open_store(state_dir / "store")
+        ran_before = has_run_before(store, feed_keys, state_dir)
     except DiskFull as e:
         print(f"hyperpi-device: state directory {state_dir}: {e}", file=sys.stderr)
         return EX_DISK_FULL
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_UNAVAILABLE
     try:
         return asyncio.run(
-            run(config, store, feed_keys, noise_keys, args, started, new_identity=new_identity, repaired=repaired)
+            run(config, store, feed_keys, noise_keys, args, started, ran_before=ran_before, repaired=repaired)
         )
     except DiskFull as e:
         print(f"hyperpi-device: feed store {state_dir / 'store'}: {e}", file=sys.stderr)
@@ -171,6 +177,14 @@ def open_store(path: Path) -> tuple[Store, bool]:
     return store, repaired
 
 
+def has_run_before(store: Store, feed_keys: KeyPair, state_dir: Path) -> bool:
+    """Has this device used its feed key before? Its first start copies the key into the store's
+    keys/ folder and its first stop writes seen.json; provisioning writes neither, so a fresh
+    device posts its first message at once, and one that lost its store recovers it first."""
+    own_key = core_key(feed_keys.public_key)
+    return store.read_secret_key(own_key) is not None or (state_dir / SEEN_FILE).exists()
+
+
 def open_own_feed(store: Store, feed_keys: KeyPair) -> tuple[Core, bool]:
     """The own feed, and whether it was cleared: one damaged in the store is cleared (the
     secret key stays) and recovered from peers."""
@@ -190,7 +204,7 @@ async def run(
     args: Any,
     started: float,
     *,
-    new_identity: bool = False,
+    ran_before: bool = False,
     repaired: bool = False,
 ) -> int:
     loop = asyncio.get_running_loop()
@@ -214,8 +228,8 @@ async def run(
         log.error("no screen: cannot open the %s display: %s", board.name, e)
 
     own, cleared = open_own_feed(store, feed_keys)
-    # A feed key older than the store's copy of its feed: peers may hold more of it (service.py).
-    recover = not new_identity and (own.length == 0 or repaired or cleared)
+    # A feed key used before, and the store lost its feed: peers may hold more of it (service.py).
+    recover = repaired or cleared or (ran_before and own.length == 0)
     service = DeviceService(
         config, store, own, display=display, state_dir=args.state_dir or config.state_dir, recover_own_feed=recover
     )
