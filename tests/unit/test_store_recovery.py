@@ -118,7 +118,9 @@ def test_a_device_that_lost_its_store_recovers_its_feed_before_appending(tmp_pat
         store_b = Store(tmp_path / "b")
         b = DeviceService(config_b, store_b, Core.create(store_b, generate_keypair()))
 
-        async def run_a(store: Store, recover: bool, during: Callable[[DeviceService], Awaitable[None]]) -> DeviceService:
+        async def run_a(
+            store: Store, recover: bool, during: Callable[[DeviceService], Awaitable[None]]
+        ) -> DeviceService:
             own = Core.create(store, keys_a)
             a = DeviceService(device_config("a", port_a, port_b), store, own, recover_own_feed=recover)
             a.start()
@@ -280,7 +282,7 @@ def test_a_device_starts_on_damaged_followed_feeds_and_fetches_them_again(tmp_pa
             copy = Core.open(store, feed.key)
             link = Link()
             await link.open(CoreSet(store, [copy]), CoreSet(feed.store, [feed]))
-            await until(lambda: copy.contiguous_length == 4)
+            await until(lambda copy=copy: copy.contiguous_length == 4)
             await link.close()
         store.close()
 
@@ -299,7 +301,7 @@ def test_a_device_starts_on_damaged_followed_feeds_and_fetches_them_again(tmp_pa
         for feed in (writer, rotten):
             link = Link()
             await link.open(CoreSet(store, device.cores()), CoreSet(feed.store, [feed]))
-            await until(lambda: device.feeds[feed.key].contiguous_length == 4)
+            await until(lambda key=feed.key: device.feeds[key].contiguous_length == 4)
             await link.close()
         for feed in (writer, rotten):
             device.feeds[feed.key].audit()
