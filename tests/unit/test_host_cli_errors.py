@@ -160,11 +160,14 @@ def test_every_subcommand_and_option_has_help() -> None:
     assert not missing, missing
 
 
-def test_version() -> None:
+@pytest.mark.parametrize(
+    ("program", "module"), [("hyperpi", "hyperpi_host.cli"), ("hyperpi-device", "hyperpi.device.main")]
+)
+def test_version_of_both_programs(program: str, module: str) -> None:
     from hyperpi import __version__
 
-    result = subprocess.run([*HYPERPI, "--version"], capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout) == (0, f"hyperpi {__version__}\n")
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, f"{program} {__version__}\n")
 
 
 def run_hyperpi(home: Path, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
