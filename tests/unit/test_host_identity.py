@@ -219,3 +219,21 @@ def test_chat_write_without_a_default_person_says_whom(
     assert code == 2 and message in err and err.count("\n") == 1
     code, out, err = run(capsys, "chat", "write", "--as", "bea", "--store", str(hyperpi_home / "x"))
     assert code == 2 and "leave out --store" in err
+
+
+@pytest.mark.parametrize("compress", [None, "gzip", "zstd"])
+def test_provision_errors_name_the_users_file(
+    hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture, compress: str | None
+) -> None:
+    import gzip
+
+    import zstandard
+
+    blank = bytes(1 << 20)  # no partition table: not a hyperpi image
+    packed = {None: blank, "gzip": gzip.compress(blank), "zstd": zstandard.compress(blank)}[compress]
+    image = tmp_path / f"blank.img{'.' + compress if compress else ''}"
+    image.write_bytes(packed)
+    code, out, err = provision_cli(capsys, image, tmp_path / "out.img", "--device", "kitchen")
+    assert code == 2 and err.count("\n") == 1
+    assert str(image) in err and ".partial" not in err, err
+    assert not list(tmp_path.glob("out.img*"))
