@@ -117,7 +117,7 @@ def test_systemd_unit(tmp_path: Path) -> None:
         "Restart=on-failure",
         "User=hyperpi",
         "SupplementaryGroups=gpio spi i2c video",
-        "RestartPreventExitStatus=78",
+        "RestartPreventExitStatus=69 73 78",
         "NoNewPrivileges=yes",
     ]:
         assert f"\n{line}\n" in unit, line
