@@ -16,6 +16,7 @@ from PIL import Image, ImageChops
 from hyperpi.device.app import DeviceApp
 from hyperpi.device.boards import BOARDS, get_board
 from hyperpi.device.display import Display, open_device
+from hyperpi.device.render import ChatFrame, _style, lines_shown, render_chat
 from hyperpi.device.timeline import Presets, Timeline
 from hyperpi.hypercore import core_key, generate_keypair
 
@@ -68,10 +69,29 @@ def scene_app() -> DeviceApp:
     return app
 
 
+def short_app(own_messages: int) -> DeviceApp:
+    """A short history: one message from Ana, then `own_messages` of the device's own."""
+    tl = Timeline(OWN, clock=lambda: NOW)
+    tl.names[ANA] = "Ana"
+    tl.update(ListFeed(ANA, [chat("Is anyone home?", 900)]))
+    tl.update(ListFeed(OWN, [chat(f"yes {i}", 600 - i) for i in range(own_messages)]))
+    app = DeviceApp("kitchen", tl, Presets(["Hello!"]), clock=lambda: NOW)
+    app.mode, app.network_up, app.peers = "chat", True, 1
+    return app
+
+
 def frame(board: str, scene: str) -> Image.Image:
     device = open_device(get_board(board), dummy=True)  # luma.core.device.dummy
     display = Display(device)
     app = scene_app()
+    if scene == "scrolled":  # two presses up: two messages up from the newest, not four
+        app.handle("up")
+        app.handle("up")
+    elif scene == "short-scrolled":  # one press up on two messages: Ana's stays on screen
+        app = short_app(1)
+        app.handle("up")
+    elif scene == "own-flood":  # collapsed only where the screen lacks room; named, not a key
+        app = short_app(40)
     if scene == "splash":
         app.mode = "splash"
     elif scene == "pairing":
@@ -83,7 +103,7 @@ def frame(board: str, scene: str) -> Image.Image:
 
 
 BOARDS_WITH_SCREENS = [name for name, b in BOARDS.items() if b.display is not None]
-SCENES = ["splash", "chat", "offline", "pairing"]
+SCENES = ["splash", "chat", "offline", "pairing", "scrolled", "short-scrolled", "own-flood"]
 
 
 @pytest.mark.parametrize("scene", SCENES)
@@ -117,3 +137,38 @@ def test_oled_frames_are_one_bit_and_tft_frames_colour() -> None:
     assert frame("oled-bonnet", "chat").mode == "1"
     chat_frame = frame("display-hat-mini", "chat").convert("RGB")
     assert len(chat_frame.getcolors(1 << 16) or []) > 8  # names, ages, ticks in colour
+
+
+@pytest.mark.parametrize("board", BOARDS_WITH_SCREENS)
+def test_one_press_scrolls_one_message(board: str) -> None:
+    app = scene_app()
+    screen = Display(open_device(get_board(board), dummy=True)).screen
+    newest_first = [line.text for line in reversed(app.chat_frame(max_run=None).lines)]
+    app.handle("up")
+    shown = app.chat_frame(max_run=None)
+    assert shown.scroll == 1 and shown.lines[-1].text == newest_first[1]
+    # render_chat draws the lines it is given: a frame scrolled by the app is not scrolled again
+    unscrolled = ChatFrame(**{**shown.__dict__, "scroll": 0})
+    bar = render_chat(screen, shown).height - _style(screen).line - 1
+    crop = (0, 0, screen.width, bar)
+    assert render_chat(screen, shown).crop(crop).tobytes() == render_chat(screen, unscrolled).crop(crop).tobytes()
+
+
+def test_own_flood_is_named_and_collapsed_only_without_room() -> None:
+    app = short_app(40)
+    collapsed = [line for line in app.chat_frame().lines if line.collapsed]
+    assert [(line.sender, line.text) for line in collapsed] == [("kitchen", "37")]
+    # A run of 5 (over MAX_RUN) on a big screen with room for it: every message shown.
+    roomy, big = short_app(5), Display(open_device(get_board("hdmi"), dummy=True)).screen
+    whole = roomy.chat_frame(max_run=None).lines
+    assert lines_shown(big, whole) == len(whole)
+    assert any(line.collapsed for line in roomy.chat_frame().lines)
+    image = roomy.frame(big)
+    assert image.tobytes() == render_chat(big, roomy.chat_frame(max_run=None)).tobytes()
+    assert image.tobytes() != render_chat(big, roomy.chat_frame()).tobytes()
+    # No room for all 40: as many shown as keep Ana's message on screen, the rest one line.
+    mini = Display(open_device(get_board("display-hat-mini"), dummy=True)).screen
+    fitted = app.fitted_chat_frame(mini)
+    shown = fitted.lines[len(fitted.lines) - lines_shown(mini, fitted.lines) :]
+    assert shown[0].sender == "Ana" and shown[1].collapsed and shown[1].sender == "kitchen"
+    assert int(shown[1].text) < 37 and not any(line.collapsed for line in shown[2:])

@@ -8,14 +8,15 @@ Modes: the splash at boot, the chat screen, the pairing screen. No I/O here: the
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
 
-from .render import ChatFrame, Line, Screen, render_chat, render_pairing, render_splash
-from .timeline import Collapsed, Presets, Timeline
+from .render import ChatFrame, Line, Screen, lines_shown, render_chat, render_pairing, render_splash
+from .timeline import MAX_RUN, Collapsed, Presets, Timeline
 
 SPLASH_SECONDS = 2.0  # long enough to read the name, short enough not to be in the way
 SEND_FLASH_SECONDS = 1.0  # the preset bar shows "*" this long after a send
@@ -41,6 +42,13 @@ def format_age(ms: int) -> str:
     if s < 86400:
         return f"{s // 3600}h"
     return f"{s // 86400}d"
+
+
+def _messages_shown(screen: Screen, chat: ChatFrame) -> set[tuple[bytes, str, str]]:
+    """The messages (not "+N more" lines) that `chat` puts on the screen."""
+    count = lines_shown(screen, chat.lines)
+    shown = chat.lines[len(chat.lines) - count :]
+    return {(line.sender_key, line.age, line.text) for line in shown if not line.collapsed}
 
 
 class DeviceApp:
@@ -101,19 +109,20 @@ class DeviceApp:
             return "no peers yet"
         return f"{self.peers} peer" + ("s" if self.peers != 1 else "")
 
-    def chat_frame(self) -> ChatFrame:
+    def chat_frame(self, max_run: int | None = MAX_RUN) -> ChatFrame:
+        """What the chat screen shows, ending `scroll` messages up from the newest; runs of one
+        feed longer than `max_run` collapsed to one line (None: nothing collapsed)."""
         now_ms = int(self._clock() * 1000)
-        items = self.timeline.view()
+        items = self.timeline.view(sys.maxsize if max_run is None else max_run)
         self.scroll = min(self.scroll, max(0, len(items) - 1))
         end = len(items) - self.scroll
         lines = []
         for item in items[max(0, end - MAX_LINES_RENDERED) : end]:
-            if isinstance(item, Collapsed):
-                lines.append(
-                    Line(self.timeline.name_of(item.feed), "", str(item.count), item.feed, collapsed=True)
-                )
-                continue
             own = item.feed == self.timeline.own_key
+            if isinstance(item, Collapsed):
+                sender = self.name if own else self.timeline.name_of(item.feed)
+                lines.append(Line(sender, "", str(item.count), item.feed, collapsed=True))
+                continue
             lines.append(
                 Line(
                     sender=self.name if own else self.timeline.name_of(item.feed),
@@ -141,7 +150,22 @@ class DeviceApp:
             return render_splash(screen, self.name)
         if self.mode == "pairing":
             return render_pairing(screen, self.timeline.own_key, self.name)
-        return render_chat(screen, self.chat_frame())
+        return render_chat(screen, self.fitted_chat_frame(screen))
+
+    def fitted_chat_frame(self, screen: Screen) -> ChatFrame:
+        """The chat frame with runs of one feed collapsed only as far as needed: the longest run
+        shown whole that pushes no message off the screen that the fully collapsed view shows."""
+        collapsed = self.chat_frame()
+        keep = _messages_shown(screen, collapsed)
+        best, low, high = collapsed, MAX_RUN + 1, len(self.timeline.messages())
+        while low <= high:  # more shown of a run never brings an older message back: bisect
+            run = (low + high) // 2
+            candidate = self.chat_frame(max_run=run)
+            if keep <= _messages_shown(screen, candidate):
+                best, low = candidate, run + 1
+            else:
+                high = run - 1
+        return best
 
     def next_change_in(self) -> float:
         """Seconds until the frame may change by itself: the splash ends, the send flash ends,

@@ -113,7 +113,8 @@ class ChatFrame:
     lines: tuple[Line, ...]  # oldest first
     preset: str
     preset_pos: str  # "2/6"
-    scroll: int = 0  # how many messages up from the newest the bottom line is
+    scroll: int = 0  # how many messages up from the newest the bottom line is: shown, not applied
+    # (`lines` already ends at the message on the bottom line: DeviceApp.chat_frame scrolls)
     sending: bool = False  # flash the preset bar after a send
 
 
@@ -249,8 +250,7 @@ def render_chat(screen: Screen, chat: ChatFrame) -> Image.Image:
 
     # Messages, from the bottom up, until the area is full.
     top, y = lh + 1, bar_y - 1
-    lines = chat.lines[: len(chat.lines) - chat.scroll] if chat.scroll else chat.lines
-    for line in reversed(lines):
+    for line in reversed(chat.lines):
         rows = _message_rows(line, screen, cols - 1)  # column 0 holds the unread mark
         for row in reversed(rows):
             if y - lh < top:
@@ -258,6 +258,20 @@ def render_chat(screen: Screen, chat: ChatFrame) -> Image.Image:
             y -= lh
             _draw_row(draw, st, row, y, line)
     return img
+
+
+def lines_shown(screen: Screen, lines: tuple[Line, ...]) -> int:
+    """How many of `lines`, from the newest, render_chat puts on the screen (a row or more each)."""
+    st = _style(screen)
+    cols = int(screen.width // st.advance)
+    rows = (screen.height - st.line - 1 - (st.line + 1)) // st.line  # between status and preset bars
+    shown = 0
+    for line in reversed(lines):
+        if rows <= 0:
+            break
+        rows -= len(_message_rows(line, screen, cols - 1))
+        shown += 1
+    return shown
 
 
 def _message_rows(line: Line, screen: Screen, cols: int) -> list[tuple[str, int]]:
