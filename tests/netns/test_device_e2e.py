@@ -113,7 +113,7 @@ def feed_key(state: Path) -> bytes:
 
 def start_device(lan: NetnsLan, ns: str, config: Path, *extra: str) -> LoggedProcess:
     process = lan.python(
-        ns, "-m", "hyperpi.device.main", "--config", str(config), "--simulate", *extra,
+        ns, "-m", "hyperpi.device.main", "--config", str(config), "--simulate", "--lan", *extra,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     device = LoggedProcess(process, ns)

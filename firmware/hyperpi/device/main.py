@@ -26,9 +26,11 @@ if __name__ == "__main__":  # `python -m hyperpi.device.main` is the service pro
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -51,7 +53,7 @@ from hyperpi.hypercore.storage import set_aside
 from . import gpio, memory, network, notify, selfcheck
 from .boards import get_board
 from .buttons import Buttons
-from .config import DEFAULT_CONFIG, EX_CONFIG, ConfigError, DeviceConfig, load_config
+from .config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, EX_CONFIG, ConfigError, DeviceConfig, load_config
 from .display import Display, open_device
 from .service import SEEN_FILE, DeviceService
 
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mock GPIO pins driven from the keyboard, screen in the terminal",
     )
+    p.add_argument(
+        "--lan",
+        action="store_true",
+        help="with --simulate: listen on every interface and use mDNS as the settings say "
+        "(default: loopback only, no mDNS, so a laptop simulation is not seen on the real LAN)",
+    )
     p.add_argument("--frames", type=Path, help="save every new screen frame as a PNG in this folder")
     p.add_argument(
         "--check",
@@ -99,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"hyperpi-device {__version__}")
     return p
+
+
+def simulation_defaults(config: DeviceConfig, args: Any) -> DeviceConfig:
+    """Under --simulate a laptop is not a Pi: state under the user's home unless the settings or
+    --state-dir name a folder, and the real LAN left alone (loopback, no mDNS) unless --lan."""
+    if not args.simulate:
+        return config
+    changes: dict[str, Any] = {}
+    if args.state_dir is None and config.state_dir == DEFAULT_STATE_DIR:
+        xdg = os.environ.get("XDG_STATE_HOME")
+        base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "-", config.name).strip(".-") or "device"
+        changes["state_dir"] = base / "hyperpi-device" / folder  # one per simulated device
+    if not args.lan:
+        changes.update(listen_host="127.0.0.1", mdns=False)
+    config = dataclasses.replace(config, **changes)
+    where = "every interface, mDNS as set" if args.lan else "loopback only, no mDNS (--lan to join the LAN)"
+    log.info("simulation: state in %s; network: %s", args.state_dir or config.state_dir, where)
+    return config
 
 
 def load_secret(path: Path) -> KeyPair:
@@ -131,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     if args.check:
         return selfcheck.main(config, get_board(config.board).with_pins(config.buttons))
+    config = simulation_defaults(config, args)
     state_dir = args.state_dir or config.state_dir
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
