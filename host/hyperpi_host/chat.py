@@ -190,22 +190,30 @@ def _run_view(args: argparse.Namespace) -> int:
         store.close()
         raise UserError(f"cannot open the feed in {folder}: {error}") from None
     resolve.say("KEY", found)
+    printed = 0
+
+    def print_new() -> bool:
+        """Print the blocks held and not yet printed; True once --exit-after is reached."""
+        nonlocal printed
+        while printed < core.contiguous_length:
+            if args.exit_after is not None and printed >= args.exit_after:
+                break
+            print(format_block(core.get(printed), as_json=args.json), flush=True)
+            printed += 1
+        return args.exit_after is not None and printed >= args.exit_after
+
+    # What the store already holds is shown at once, before the network is up.
+    if print_new():
+        store.close()
+        return 0
 
     async def body(stop: asyncio.Event) -> None:
-        printed = 0
-
-        def print_new(_event: object = None) -> None:
-            nonlocal printed
-            while printed < core.contiguous_length:
-                if args.exit_after is not None and printed >= args.exit_after:
-                    break
-                print(format_block(core.get(printed), as_json=args.json), flush=True)
-                printed += 1
-            if args.exit_after is not None and printed >= args.exit_after:
+        def on_change(_event: object = None) -> None:
+            if print_new():
                 stop.set()
 
-        unsubscribe = core.subscribe(print_new)
-        print_new()
+        unsubscribe = core.subscribe(on_change)
+        on_change()
         try:
             await stop.wait()
         finally:

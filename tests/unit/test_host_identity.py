@@ -237,3 +237,22 @@ def test_provision_errors_name_the_users_file(
     assert code == 2 and err.count("\n") == 1
     assert str(image) in err and ".partial" not in err, err
     assert not list(tmp_path.glob("out.img*"))
+
+
+def test_chat_view_prints_what_it_holds_before_the_network(
+    hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperpi.hypercore import Core, Store
+    from hyperpi_host import netrun
+
+    with Store(tmp_path / "viewer") as store:
+        core = Core.create(store)
+        core.append([b'{"type":"chat","text":"one","nick":"ana"}', b'{"type":"chat","text":"two","nick":"ana"}'])
+        key = z32_encode(core.key)
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("joined the network for messages it already held")
+
+    monkeypatch.setattr(netrun, "start_swarm", no_network)
+    code, out, err = run(capsys, "chat", "view", key, "--store", str(tmp_path / "viewer"), "--exit-after", "2")
+    assert code == 0 and out == "<ana> one\n<ana> two\n"
