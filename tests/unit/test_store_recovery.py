@@ -259,13 +259,22 @@ def test_a_rotten_block_is_served_as_no_data_and_fetched_again(
         assert not conn.closed and not any(c.closed for c in down.server_conns)  # not dropped
         assert any("block 2" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
 
-        up = Link()  # middle <- writer again: the dropped block comes back, verified
+        # Connected to the writer all along, the middle asks for the dropped block again at the
+        # next news of the feed (a live append), not only on a new connection.
+        up = Link()
         await up.open(middle_set, CoreSet(writer.store, [writer]))
         await until(lambda: middle.contiguous_length == 6)
+        rot_block(middle_store, writer.key, 4)
+        asker2 = Core.open(Store(tmp_path / "asker2"), writer.key)
+        down2 = Link()
+        await down2.open(CoreSet(asker2.store, [asker2]), middle_set)
+        await until(lambda: not middle.has(4))  # asked for by the new reader: found rotten, dropped
+        writer.append([chat("live")])
+        await until(lambda: middle.contiguous_length == 7)
         middle.audit()
-        assert middle.get(2) == writer.get(2)
-        await up.close()
-        await down.close()
+        assert middle.get(2) == writer.get(2) and middle.get(4) == writer.get(4)
+        for link in (up, down, down2):
+            await link.close()
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(body())

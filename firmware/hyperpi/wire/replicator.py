@@ -559,6 +559,8 @@ class Replicator:
             return
         if peer.remote_length > core.length:
             self._request_upgrade(peer)
+        if not peer.blocks_inflight and peer.cursor > core.contiguous_length:
+            peer.cursor = core.contiguous_length  # a block behind it was dropped (damaged): ask again
         peer.cursor = max(peer.cursor, core.contiguous_length)
         batched = 0
         with self.mux.batch():
