@@ -9,7 +9,7 @@ NODE_PEERS := tests/interop/node
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[device,host,test]'
 	touch $@
 
 $(NODE_PEERS)/node_modules/.installed: $(NODE_PEERS)/package-lock.json

@@ -167,10 +167,8 @@ install_hyperpi() {
 
 # The service unit comes with the service (firmware/); image/service/ adds the image's drop-ins.
 install_service() {
-    local rootfs=$1 unit
-    unit=$(find "$REPO/firmware" -name hyperpi-device.service -print -quit)
-    [ -n "$unit" ] || unit="$HERE/service/hyperpi-device.service"
-    install -m 0644 "$unit" "$rootfs/etc/systemd/system/hyperpi-device.service"
+    local rootfs=$1
+    install -m 0644 "$REPO/firmware/hyperpi-device.service" "$rootfs/etc/systemd/system/hyperpi-device.service"
     install -d "$rootfs/etc/systemd/system/hyperpi-device.service.d"
     install -m 0644 "$HERE"/service/*.conf "$rootfs/etc/systemd/system/hyperpi-device.service.d/"
     chroot "$rootfs" systemctl enable --quiet hyperpi-device.service

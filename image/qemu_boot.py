@@ -141,9 +141,19 @@ def run(args: list[str]) -> None:
 class Machine:
     """One emulated machine running a padded copy of an image; `console()` is its serial output."""
 
-    def __init__(self, image: Path, workdir: Path, device_port: int, *, machine: str = "raspi3b",
-                 host_port: int | None = None, plan: dict[str, Any] | None = None,
-                 overlay: bool = True, oled: bool = False, service: bool = True) -> None:
+    def __init__(
+        self,
+        image: Path,
+        workdir: Path,
+        device_port: int,
+        *,
+        machine: str = "raspi3b",
+        host_port: int | None = None,
+        plan: dict[str, Any] | None = None,
+        overlay: bool = True,
+        oled: bool = False,
+        service: bool = True,
+    ) -> None:
         if machine not in ("raspi3b", "raspi4b", "virt"):
             raise BootError(f"unknown machine {machine!r}: raspi3b, raspi4b or virt")
         self.image = image
@@ -181,27 +191,67 @@ class Machine:
         if self.plan is not None:
             self._add_guest_check(root)
         if not self.service:  # the baseline boot: the same card with hyperpi-device disabled
-            ext4fs.debugfs(self.disk, root, ["rm /etc/systemd/system/multi-user.target.wants/hyperpi-device.service"],
-                           write=True)
+            ext4fs.debugfs(
+                self.disk, root, ["rm /etc/systemd/system/multi-user.target.wants/hyperpi-device.service"], write=True
+            )
         common = [
-            "-kernel", str(files[kernel.group(1)]), "-initrd", str(files[initrd.group(1)]),
-            "-dtb", str(dtb), "-display", "none", "-monitor", "none", "-no-reboot",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-kernel",
+            str(files[kernel.group(1)]),
+            "-initrd",
+            str(files[initrd.group(1)]),
+            "-dtb",
+            str(dtb),
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
         ]
         forward = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.device_port}"
         if self.machine == "virt":
-            return ["qemu-system-aarch64", "-M", "virt,acpi=off", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024",
-                    *common, "-append", self._kernel_args("ttyAMA0"),
-                    "-drive", f"file={self.disk},if=none,format=raw,id=sd", "-device", "virtio-blk-pci,drive=sd",
-                    "-netdev", forward, "-device", "virtio-net-pci,netdev=net0,romfile=",
-                    "-serial", f"file:{self.log}"]
+            return [
+                "qemu-system-aarch64",
+                "-M",
+                "virt,acpi=off",
+                "-cpu",
+                "cortex-a72",
+                "-smp",
+                "2",
+                "-m",
+                "1024",
+                *common,
+                "-append",
+                self._kernel_args("ttyAMA0"),
+                "-drive",
+                f"file={self.disk},if=none,format=raw,id=sd",
+                "-device",
+                "virtio-blk-pci,drive=sd",
+                "-netdev",
+                forward,
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
+                "-serial",
+                f"file:{self.log}",
+            ]
         # The Pi 3's PL011 (ttyAMA0) is claimed by the Bluetooth node of its tree, so Debian's
         # console is the mini UART (ttyS1); QEMU maps its first -serial to the PL011 and the
         # second to the mini UART. Both go to logs, so early output is seen whichever works.
-        command = ["qemu-system-aarch64", "-M", self.machine, *common,
-                   "-append", self._kernel_args("ttyAMA0", "ttyS1", extra=SPI_BY_POLLING),
-                   "-drive", f"file={self.disk},if=sd,format=raw",
-                   "-serial", f"file:{self.workdir / 'uart0.log'}", "-serial", f"file:{self.log}"]
+        command = [
+            "qemu-system-aarch64",
+            "-M",
+            self.machine,
+            *common,
+            "-append",
+            self._kernel_args("ttyAMA0", "ttyS1", extra=SPI_BY_POLLING),
+            "-drive",
+            f"file={self.disk},if=sd,format=raw",
+            "-serial",
+            f"file:{self.workdir / 'uart0.log'}",
+            "-serial",
+            f"file:{self.log}",
+        ]
         if self.machine == "raspi3b":  # QEMU's raspi4b has no USB (nor PCIe, nor GENET Ethernet)
             command += ["-device", "usb-net,netdev=net0", "-netdev", forward]
         if self.oled:
@@ -209,8 +259,14 @@ class Machine:
         return command
 
     def _kernel_args(self, *consoles: str, extra: str = "") -> str:
-        return " ".join([f"root={ROOT} rw rootwait", *(f"console={c},115200" for c in consoles),
-                         "net.ifnames=0 systemd.journald.forward_to_console=1 systemd.show_status=1", extra]).strip()
+        return " ".join(
+            [
+                f"root={ROOT} rw rootwait",
+                *(f"console={c},115200" for c in consoles),
+                "net.ifnames=0 systemd.journald.forward_to_console=1 systemd.show_status=1",
+                extra,
+            ]
+        ).strip()
 
     def _take(self, boot: Any, path: str) -> Path:
         data = fatfs.read_file(self.disk, boot, path)
@@ -224,8 +280,23 @@ class Machine:
         """The device tree the firmware would hand the kernel (virt: QEMU's own, edited)."""
         out = self.workdir / "boot.dtb"
         if self.machine == "virt":
-            run(["qemu-system-aarch64", "-M", f"virt,acpi=off,dumpdtb={out}", "-cpu", "cortex-a72",
-                 "-smp", "2", "-m", "1024", "-display", "none", "-nic", "none"])
+            run(
+                [
+                    "qemu-system-aarch64",
+                    "-M",
+                    f"virt,acpi=off,dumpdtb={out}",
+                    "-cpu",
+                    "cortex-a72",
+                    "-smp",
+                    "2",
+                    "-m",
+                    "1024",
+                    "-display",
+                    "none",
+                    "-nic",
+                    "none",
+                ]
+            )
             run(["fdtput", "-r", str(out), "/gpio-keys"])  # the line is the test board's button now
         else:
             base = self._take(boot, "/" + DTBS[self.machine])
@@ -237,7 +308,9 @@ class Machine:
             # for anything longer than 96 bytes, so every frame) never completes and the guest hangs.
             # Without `dmas` the driver moves frames by interrupt, as on a Pi for short transfers.
             spi = "/soc/spi@7e204000"
-            present = subprocess.run(["fdtget", "-p", str(out), spi], capture_output=True, text=True, check=False).stdout.split()
+            present = subprocess.run(
+                ["fdtget", "-p", str(out), spi], capture_output=True, text=True, check=False
+            ).stdout.split()
             for prop in ("dmas", "dma-names"):
                 if prop in present:
                     run(["fdtput", "-d", str(out), spi, prop])
@@ -261,12 +334,20 @@ class Machine:
             # Emulated, the Pi 3 runs Python tens of times slower and moves SPI frames by interrupt:
             # one redraw can hold the service's loop past the 30 s watchdog, which a Pi never does.
             ext4fs.make_dir(self.disk, root, "/etc/systemd/system/hyperpi-device.service.d", 0o755, 0, 0)
-            ext4fs.write_file(self.disk, root, "/etc/systemd/system/hyperpi-device.service.d/test-watchdog.conf",
-                              b"[Service]\nWatchdogSec=600\n", 0o644, 0, 0)
+            ext4fs.write_file(
+                self.disk,
+                root,
+                "/etc/systemd/system/hyperpi-device.service.d/test-watchdog.conf",
+                b"[Service]\nWatchdogSec=600\n",
+                0o644,
+                0,
+                0,
+            )
         if self.plan.get("ntp"):  # the host's SNTP responder (NtpResponder) through QEMU's gateway
             ext4fs.make_dir(self.disk, root, "/etc/systemd/timesyncd.conf.d", 0o755, 0, 0)
-            ext4fs.write_file(self.disk, root, "/etc/systemd/timesyncd.conf.d/test.conf",
-                              b"[Time]\nNTP=10.0.2.2\n", 0o644, 0, 0)
+            ext4fs.write_file(
+                self.disk, root, "/etc/systemd/timesyncd.conf.d/test.conf", b"[Time]\nNTP=10.0.2.2\n", 0o644, 0, 0
+            )
 
     # -- running ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -395,8 +476,16 @@ def main() -> int:
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="hyperpi-qemu-"))
     workdir.mkdir(parents=True, exist_ok=True)
     plan = {"wait_s": args.timeout, "checks": []} if args.check else None
-    pi = Machine(args.image, workdir, args.port, machine=args.machine, host_port=args.host_port, plan=plan,
-                 overlay=not args.no_overlay, oled=args.oled)
+    pi = Machine(
+        args.image,
+        workdir,
+        args.port,
+        machine=args.machine,
+        host_port=args.host_port,
+        plan=plan,
+        overlay=not args.no_overlay,
+        oled=args.oled,
+    )
     try:
         pi.start()
         print(f"console: {pi.log}; device port {args.port} on 127.0.0.1:{pi.host_port}; QMP {pi.qmp_path}", flush=True)

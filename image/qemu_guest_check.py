@@ -74,14 +74,20 @@ def facts():
     out["fat_device"] = fat
     out["fat_bytes"] = len(raw)
     out["secret_on_fat"] = any(s in raw for s in secrets)
-    out["ssh_host_keys"] = sorted(sh("ssh-keygen", "-lf", p).stdout.split()[1]
-                                  for p in glob.glob("/etc/ssh/ssh_host_*_key.pub"))
+    out["ssh_host_keys"] = sorted(
+        sh("ssh-keygen", "-lf", p).stdout.split()[1] for p in glob.glob("/etc/ssh/ssh_host_*_key.pub")
+    )
     vfs = os.statvfs("/")
     out["root_size"] = vfs.f_blocks * vfs.f_frsize
-    out["units"] = {u: sh("systemctl", "is-active", u).stdout.strip()
-                    for u in ("hyperpi-device", "hyperpi-ssh-keygen", "hyperpi-growfs", "ssh", "systemd-journald")}
-    out["passwords"] = [line.split(":")[0] for line in read("/etc/shadow").splitlines()
-                        if line.split(":")[1] not in ("*", "!", "!*", "") and not line.split(":")[1].startswith("!")]
+    out["units"] = {
+        u: sh("systemctl", "is-active", u).stdout.strip()
+        for u in ("hyperpi-device", "hyperpi-ssh-keygen", "hyperpi-growfs", "ssh", "systemd-journald")
+    }
+    out["passwords"] = [
+        line.split(":")[0]
+        for line in read("/etc/shadow").splitlines()
+        if line.split(":")[1] not in ("*", "!", "!*", "") and not line.split(":")[1].startswith("!")
+    ]
     out["journal_storage"] = os.path.isdir("/var/log/journal") and bool(os.listdir("/var/log/journal"))
     out["nodes"] = {}
     for node in PLAN.get("nodes", []):
@@ -93,13 +99,18 @@ def facts():
     for path in glob.glob("/sys/bus/spi/devices/spi0.*/statistics/bytes_tx"):
         stats[path.split("/")[5]] = int(read(path))
     out["spi_bytes_tx"] = stats
-    out["i2c_adapters"] = {os.path.basename(p): read(p + "/name").strip() for p in glob.glob("/sys/class/i2c-dev/i2c-*")}
+    out["i2c_adapters"] = {
+        os.path.basename(p): read(p + "/name").strip() for p in glob.glob("/sys/class/i2c-dev/i2c-*")
+    }
     out["service_user_groups"] = sh("id", "-nG", "hyperpi").stdout.split()
     out["timesync"] = os.path.exists("/run/systemd/timesync/synchronized")
     out["service_log"] = service_log().splitlines()[-60:]
     # The kernel's own complaints about the buses (e.g. "SPI transfer timed out").
-    out["kernel_bus_errors"] = [line for line in sh("dmesg", "--level", "err,warn").stdout.splitlines()
-                                if re.search(r"spi|i2c|gpio", line, re.IGNORECASE)][-20:]
+    out["kernel_bus_errors"] = [
+        line
+        for line in sh("dmesg", "--level", "err,warn").stdout.splitlines()
+        if re.search(r"spi|i2c|gpio", line, re.IGNORECASE)
+    ][-20:]
     return out
 
 
@@ -124,8 +135,11 @@ def run_check(board, restart):
 
 
 def main():
-    wait("hyperpi-device and ssh keys", lambda: sh("systemctl", "is-active", "--quiet", "hyperpi-device",
-                                                   "hyperpi-ssh-keygen").returncode == 0, WAIT_S)
+    wait(
+        "hyperpi-device and ssh keys",
+        lambda: sh("systemctl", "is-active", "--quiet", "hyperpi-device", "hyperpi-ssh-keygen").returncode == 0,
+        WAIT_S,
+    )
     if PLAN.get("marker"):
         wait("the host's marker", lambda: PLAN["marker"] in service_log(), WAIT_S)
     if PLAN.get("ntp"):

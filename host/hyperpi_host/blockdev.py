@@ -25,8 +25,9 @@ from typing import Any
 
 from hyperpi_host.progress import human_bytes
 
-LSBLK_COLUMNS = ("NAME,KNAME,PATH,MAJ:MIN,TYPE,RM,HOTPLUG,RO,SIZE,VENDOR,MODEL,SERIAL,TRAN,"
-                 "FSTYPE,LABEL,MOUNTPOINTS,PKNAME")
+LSBLK_COLUMNS = (
+    "NAME,KNAME,PATH,MAJ:MIN,TYPE,RM,HOTPLUG,RO,SIZE,VENDOR,MODEL,SERIAL,TRAN,FSTYPE,LABEL,MOUNTPOINTS,PKNAME"
+)
 # Mount points the system needs (and everything below them except under "/" itself): a disk
 # holding one of these is never a flash target, and we never offer to unmount it.
 SYSTEM_MOUNTS = ("/", "/boot", "/usr", "/var", "/etc", "/home", "/root", "/opt", "/srv", "/nix")
@@ -93,15 +94,22 @@ class SystemView:
     @classmethod
     def read_live(cls) -> SystemView:
         try:
-            out = subprocess.run(["lsblk", "--json", "--bytes", "--output", LSBLK_COLUMNS],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["lsblk", "--json", "--bytes", "--output", LSBLK_COLUMNS], check=True, capture_output=True, text=True
+            ).stdout
         except FileNotFoundError:
             raise TargetRefused("lsblk is missing: install util-linux") from None
         except subprocess.CalledProcessError as error:
-            raise TargetRefused(f"lsblk failed ({error.stderr.strip()}); "
-                                "hyperpi needs util-linux 2.37 or newer") from None
-        return cls(json.loads(out), Path("/sys"), Path("/proc/self/mountinfo").read_text(),
-                   Path("/proc/swaps").read_text(), live=True)
+            raise TargetRefused(
+                f"lsblk failed ({error.stderr.strip()}); hyperpi needs util-linux 2.37 or newer"
+            ) from None
+        return cls(
+            json.loads(out),
+            Path("/sys"),
+            Path("/proc/self/mountinfo").read_text(),
+            Path("/proc/swaps").read_text(),
+            live=True,
+        )
 
     @classmethod
     def from_fixture(cls, data: dict[str, Any], sysfs_root: Path) -> SystemView:
@@ -179,8 +187,7 @@ def parse_swaps(text: str) -> list[str]:
 
 
 def is_system_mount(mountpoint: str) -> bool:
-    return any(mountpoint == m or (m != "/" and mountpoint.startswith(m + "/"))
-               for m in SYSTEM_MOUNTS)
+    return any(mountpoint == m or (m != "/" and mountpoint.startswith(m + "/")) for m in SYSTEM_MOUNTS)
 
 
 def device_name(path: str | Path) -> str:
@@ -192,8 +199,7 @@ def device_name(path: str | Path) -> str:
     except PermissionError:
         raise TargetRefused(f"cannot access {path}: permission denied (run with sudo)") from None
     if stat.S_ISREG(info.st_mode):
-        raise TargetRefused(f"{path} is a regular file, not a disk; pass --to-file to write "
-                            "the image into a file")
+        raise TargetRefused(f"{path} is a regular file, not a disk; pass --to-file to write the image into a file")
     if not stat.S_ISBLK(info.st_mode):
         raise TargetRefused(f"{path} is not a block device (see `hyperpi flash --list`)")
     number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
@@ -242,10 +248,16 @@ def _partitions(nodes: dict[str, _Node], name: str) -> list[Partition]:
     parts = []
     for child in nodes[name].info.get("children") or []:
         if child.get("type") == "part":
-            parts.append(Partition(
-                child["name"], child.get("path") or f"/dev/{child['name']}", int(child.get("size") or 0),
-                child.get("fstype"), child.get("label"),
-                [m for m in child.get("mountpoints") or [] if m]))
+            parts.append(
+                Partition(
+                    child["name"],
+                    child.get("path") or f"/dev/{child['name']}",
+                    int(child.get("size") or 0),
+                    child.get("fstype"),
+                    child.get("label"),
+                    [m for m in child.get("mountpoints") or [] if m],
+                )
+            )
     return parts
 
 
@@ -265,14 +277,20 @@ def inspect_target(name: str, view: SystemView, image_size: int | None = None) -
         parent = node.parent or "its disk"
         raise TargetRefused(f"{path} is a partition; give the whole disk, /dev/{parent}")
     if kind != "disk" or view.sys_text(f"block/{name}/partition"):
-        what = {"loop": "a loop device", "rom": "an optical drive", "crypt": "an encrypted mapping",
-                "lvm": "an LVM volume", "dm": "a device-mapper device"}.get(kind or "", f"of type {kind}")
+        what = {
+            "loop": "a loop device",
+            "rom": "an optical drive",
+            "crypt": "an encrypted mapping",
+            "lvm": "an LVM volume",
+            "dm": "a device-mapper device",
+        }.get(kind or "", f"of type {kind}")
         raise TargetRefused(f"{path} is {what}, not a whole removable disk")
     removable = view.sys_text(f"block/{name}/removable") == "1" or _flag(node.info.get("rm"))
     hotplug = _flag(node.info.get("hotplug"))
     if not (removable or hotplug):
-        raise TargetRefused(f"{path} is a fixed internal disk (not removable or hotplug); "
-                            "hyperpi flashes only SD cards and USB drives")
+        raise TargetRefused(
+            f"{path} is a fixed internal disk (not removable or hotplug); hyperpi flashes only SD cards and USB drives"
+        )
 
     family = _family(view, nodes, name)
     ids_to_device = {i: dev for dev, ids in family.items() for i in ids}
@@ -287,21 +305,20 @@ def inspect_target(name: str, view: SystemView, image_size: int | None = None) -
     for swap in parse_swaps(view.swaps):
         dev = owner(swap)
         if dev:
-            raise TargetRefused(f"{path} holds the system's swap space (on {swap}); "
-                                "choose another disk")
+            raise TargetRefused(f"{path} holds the system's swap space (on {swap}); choose another disk")
     for dev_name in family:
         n = nodes.get(dev_name)
         if n and "[SWAP]" in (n.info.get("mountpoints") or []):
-            raise TargetRefused(f"{path} holds the system's swap space (on /dev/{dev_name}); "
-                                "choose another disk")
+            raise TargetRefused(f"{path} holds the system's swap space (on /dev/{dev_name}); choose another disk")
     mounted: list[tuple[str, str]] = []
     for number, mountpoint, source in parse_mountinfo(view.mountinfo):
         dev = owner(number) or owner(source)
         if not dev:
             continue
         if is_system_mount(mountpoint):
-            raise TargetRefused(f"{path} holds the running system ({mountpoint} is mounted from "
-                                f"/dev/{dev}); choose another disk")
+            raise TargetRefused(
+                f"{path} holds the running system ({mountpoint} is mounted from /dev/{dev}); choose another disk"
+            )
         mounted.append((source if source.startswith("/dev/") else f"/dev/{dev}", mountpoint))
 
     size_text = view.sys_text(f"block/{name}/size")
@@ -309,23 +326,31 @@ def inspect_target(name: str, view: SystemView, image_size: int | None = None) -
     if size == 0:
         raise TargetRefused(f"{path} has no medium (size 0): insert the card, then try again")
     if view.sys_text(f"block/{name}/ro") == "1" or _flag(node.info.get("ro")):
-        raise TargetRefused(f"{path} is read-only: slide the card's lock switch up "
-                            "(away from LOCK), reinsert it, and try again")
+        raise TargetRefused(
+            f"{path} is read-only: slide the card's lock switch up (away from LOCK), reinsert it, and try again"
+        )
     if image_size is not None and image_size > size:
-        raise TargetRefused(f"{path} is too small: {human_bytes(size)} ({size} bytes) for an "
-                            f"image of {human_bytes(image_size)} ({image_size} bytes); use a bigger card")
+        raise TargetRefused(
+            f"{path} is too small: {human_bytes(size)} ({size} bytes) for an "
+            f"image of {human_bytes(image_size)} ({image_size} bytes); use a bigger card"
+        )
     if mounted:
         where = ", ".join(f"{dev} on {mp}" for dev, mp in mounted)
         raise TargetMounted(f"{path} has mounted partitions: {where}", mounted)
 
     block_size = view.sys_text(f"block/{name}/queue/logical_block_size")
     return Target(
-        name=name, path=path, size=size,
+        name=name,
+        path=path,
+        size=size,
         vendor=(view.sys_text(f"block/{name}/device/vendor") or node.info.get("vendor") or "").strip(),
         model=(view.sys_text(f"block/{name}/device/model") or node.info.get("model") or "").strip(),
-        transport=node.info.get("tran") or "", removable=removable, hotplug=hotplug,
+        transport=node.info.get("tran") or "",
+        removable=removable,
+        hotplug=hotplug,
         logical_block_size=int(block_size) if block_size and block_size.isdigit() else SECTOR,
-        partitions=_partitions(nodes, name))
+        partitions=_partitions(nodes, name),
+    )
 
 
 def list_disks(view: SystemView) -> list[tuple[Target | None, str, str | None]]:
@@ -343,8 +368,17 @@ def list_disks(view: SystemView) -> list[tuple[Target | None, str, str | None]]:
     return result
 
 
-SNAPSHOT_FILES = ("removable", "size", "ro", "partition", "dev", "dm/name", "device/vendor",
-                  "device/model", "queue/logical_block_size")
+SNAPSHOT_FILES = (
+    "removable",
+    "size",
+    "ro",
+    "partition",
+    "dev",
+    "dm/name",
+    "device/vendor",
+    "device/model",
+    "queue/logical_block_size",
+)
 
 
 def snapshot(view: SystemView) -> dict[str, Any]:

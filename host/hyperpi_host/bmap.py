@@ -97,8 +97,10 @@ def read_bmap(path: str | Path) -> Bmap:
     except ValueError:
         raise BmapError(f"{path} is not a valid bmap: bad version {version!r}") from None
     if major > SUPPORTED_MAJOR:
-        raise BmapError(f"{path} is bmap format {version}; this hyperpi reads up to "
-                        f"{SUPPORTED_MAJOR}.x: update hyperpi or make the bmap with an older bmaptool")
+        raise BmapError(
+            f"{path} is bmap format {version}; this hyperpi reads up to "
+            f"{SUPPORTED_MAJOR}.x: update hyperpi or make the bmap with an older bmaptool"
+        )
 
     image_size = _int(root, "ImageSize", path)
     block_size = _int(root, "BlockSize", path)
@@ -139,15 +141,15 @@ def read_bmap(path: str | Path) -> Bmap:
             raise BmapError(f"{path} is not a valid bmap: bad range {text!r}") from None
         start, end = first * block_size, min((last + 1) * block_size, image_size)
         if last < first or start < previous_end or start >= image_size:
-            raise BmapError(f"{path} is not a valid bmap: range {text!r} is out of order or "
-                            f"beyond the image")
+            raise BmapError(f"{path} is not a valid bmap: range {text!r} is out of order or beyond the image")
         previous_end = end
         counted += last - first + 1
         checksum = element.get(attribute)
         ranges.append(MappedRange(start, end, checksum.strip().lower() if checksum else None))
     if counted != mapped_blocks:
-        raise BmapError(f"{path} is not a valid bmap: MappedBlocksCount is {mapped_blocks} "
-                        f"but the ranges hold {counted}")
+        raise BmapError(
+            f"{path} is not a valid bmap: MappedBlocksCount is {mapped_blocks} but the ranges hold {counted}"
+        )
     return Bmap(image_size, block_size, mapped_blocks, checksum_type, tuple(ranges))
 
 
@@ -182,8 +184,7 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return extents
 
 
-def make_bmap(image: str | Path, block_size: int = DEFAULT_BLOCK_SIZE,
-              checksum_type: str = "sha256") -> str:
+def make_bmap(image: str | Path, block_size: int = DEFAULT_BLOCK_SIZE, checksum_type: str = "sha256") -> str:
     """The bmap XML (format 2.0) of an uncompressed image file, from its holes."""
     image = Path(image)
     size = image.stat().st_size

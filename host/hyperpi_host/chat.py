@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "after end of input until interrupted.",
     )
     write.add_argument(
-        "--as", dest="person", metavar="NAME",
+        "--as",
+        dest="person",
+        metavar="NAME",
         help="write the feed of this person from `hyperpi keys` (default: the only person, or the only owner)",
     )
     write.add_argument(
@@ -68,11 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print a chat feed, then new messages live",
         description="Print every message of the feed KEY, old ones first, then live ones.",
     )
+    view.add_argument("key", help="a person's or device's name, or the feed's key: z-base-32, hex, or HYPERPI:")
     view.add_argument(
-        "key", help="a person's or device's name, or the feed's key: z-base-32, hex, or HYPERPI:"
-    )
-    view.add_argument(
-        "--store", type=folder_argument,
+        "--store",
+        type=folder_argument,
         help=f"folder to keep the replicated feed in (default: {VIEW_STORE} in the hyperpi home)",
     )
     view.add_argument("--json", action="store_true", help="print each message as stored, one JSON object per line")
@@ -306,7 +307,11 @@ def _read_lines_in_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[
 
 
 def _run_with_swarm(
-    args: argparse.Namespace, options: netrun.NetworkOptions, store: Store, core: Core, body: Callable,
+    args: argparse.Namespace,
+    options: netrun.NetworkOptions,
+    store: Store,
+    core: Core,
+    body: Callable,
     noise_folder: Path,
 ) -> int:
     netrun.setup_logging(args.verbose)

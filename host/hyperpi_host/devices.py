@@ -125,7 +125,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("name", nargs="?", metavar="NAME", help="show this provisioned device's keys and QR code")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
         help=f"seconds to listen on the LAN (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument("--no-mdns", action="store_true", help="only list the devices provisioned from here")

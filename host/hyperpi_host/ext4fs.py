@@ -86,8 +86,12 @@ def read_file(image: Path, part: Partition, path: str) -> bytes | None:
     if inode.file_type != "regular":
         raise Ext4Error(f"{path} is a {inode.file_type}, not a file")
     # `cat` writes the raw bytes to stdout; with -f - debugfs also echoes the command line.
-    out = subprocess.run(["debugfs", "-R", f"cat {_quote(path)}", _device(image, part)],
-                         capture_output=True, timeout=TIMEOUT_S, check=False)
+    out = subprocess.run(
+        ["debugfs", "-R", f"cat {_quote(path)}", _device(image, part)],
+        capture_output=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
     if out.returncode != 0 or len(out.stdout) != inode.size:
         raise Ext4Error(f"cannot read {path} from the image")
     return out.stdout
@@ -136,8 +140,17 @@ def make_dir(image: Path, part: Partition, path: str, mode: int, uid: int, gid: 
             raise Ext4Error(f"{path} exists and is not a folder")
         return
     q = _quote(path)
-    debugfs(image, part, [f"mkdir {q}", f"set_inode_field {q} mode 0{0o040000 | mode:o}",
-                          f"set_inode_field {q} uid {uid}", f"set_inode_field {q} gid {gid}"], write=True)
+    debugfs(
+        image,
+        part,
+        [
+            f"mkdir {q}",
+            f"set_inode_field {q} mode 0{0o040000 | mode:o}",
+            f"set_inode_field {q} uid {uid}",
+            f"set_inode_field {q} gid {gid}",
+        ],
+        write=True,
+    )
 
 
 def symlink(image: Path, part: Partition, path: str, target: str) -> None:

@@ -73,8 +73,8 @@ class FlashInterrupted(FlashError):
 @dataclass
 class FlashResult:
     image_size: int
-    written: int           # bytes written to the target
-    verified: int          # bytes read back and compared
+    written: int  # bytes written to the target
+    verified: int  # bytes read back and compared
     write_seconds: float
     verify_seconds: float
     direct_io: bool
@@ -122,10 +122,10 @@ class _Target:
                 done += n
             except OSError as error:
                 if error.errno == errno.ENOSPC:
-                    raise FlashError(f"{self.label} is full at byte {offset + done}: the image is "
-                                     "bigger than the target") from None
-                raise FlashError(f"write error on {self.label} at byte {offset + done}: "
-                                 f"{error.strerror}") from None
+                    raise FlashError(
+                        f"{self.label} is full at byte {offset + done}: the image is bigger than the target"
+                    ) from None
+                raise FlashError(f"write error on {self.label} at byte {offset + done}: {error.strerror}") from None
 
     def read(self, buffer: memoryview, offset: int) -> int:
         try:
@@ -165,8 +165,7 @@ def _segments(source: ImageSource, bmap: Bmap | None) -> list[_Segment]:
 class _Reader(threading.Thread):
     """Reads the image (decompressing), checks bmap ranges, hashes chunks; hands buffers on."""
 
-    def __init__(self, source: ImageSource, segments: list[_Segment], bmap: Bmap | None,
-                 head: bytearray) -> None:
+    def __init__(self, source: ImageSource, segments: list[_Segment], bmap: Bmap | None, head: bytearray) -> None:
         super().__init__(daemon=True, name="flash-reader")
         self.source, self.segments, self.bmap, self.head = source, segments, bmap, head
         self.free: queue.Queue[mmap.mmap] = queue.Queue()
@@ -195,7 +194,7 @@ class _Reader(threading.Thread):
             ended = False
             while pos < segment.end and not self.stop.is_set():
                 if pos < HEAD:
-                    piece = head_view[pos: min(segment.end, HEAD)]
+                    piece = head_view[pos : min(segment.end, HEAD)]
                     n = source.readinto(piece)
                     if digest:
                         digest.update(piece[:n])
@@ -225,21 +224,35 @@ class _Reader(threading.Thread):
             if self.stop.is_set():
                 return
             if ended and segment.end != UNBOUNDED:
-                raise ImageError(f"{source.path} ends at byte {pos}, but "
-                                 f"{'its bmap' if self.bmap else 'its header'} says it has "
-                                 f"{segment.end if not self.bmap else self.bmap.image_size} bytes; "
-                                 "it is truncated")
+                raise ImageError(
+                    f"{source.path} ends at byte {pos}, but "
+                    f"{'its bmap' if self.bmap else 'its header'} says it has "
+                    f"{segment.end if not self.bmap else self.bmap.image_size} bytes; "
+                    "it is truncated"
+                )
             if digest and digest.hexdigest() != segment.checksum:
-                raise ImageError(f"image bytes {segment.start}-{segment.end - 1} do not match the "
-                                 "checksum in its bmap: the image or the .bmap is corrupt or they "
-                                 "do not belong together")
+                raise ImageError(
+                    f"image bytes {segment.start}-{segment.end - 1} do not match the "
+                    "checksum in its bmap: the image or the .bmap is corrupt or they "
+                    "do not belong together"
+                )
         self.end = pos if not self.bmap else self.bmap.image_size
 
 
-def flash_image(source: ImageSource, fd: int, *, label: str, bmap: Bmap | None = None,
-                verify: bool = True, is_block: bool = False, zero_skip: bool = False,
-                direct: bool = False, target_size: int | None = None, progress: bool = True,
-                after_write: Callable[[], None] | None = None) -> FlashResult:
+def flash_image(
+    source: ImageSource,
+    fd: int,
+    *,
+    label: str,
+    bmap: Bmap | None = None,
+    verify: bool = True,
+    is_block: bool = False,
+    zero_skip: bool = False,
+    direct: bool = False,
+    target_size: int | None = None,
+    progress: bool = True,
+    after_write: Callable[[], None] | None = None,
+) -> FlashResult:
     """Write `source` to the open target `fd` in the safe order described in the module doc.
 
     `zero_skip`: the target already reads back zeroes everywhere (a freshly truncated file), so
@@ -249,24 +262,26 @@ def flash_image(source: ImageSource, fd: int, *, label: str, bmap: Bmap | None =
     """
     # Checks that need no writing come first: failing them leaves the target untouched.
     if bmap and source.size is not None and source.size != bmap.image_size:
-        raise ImageError(f"the bmap describes a {bmap.image_size}-byte image but {source.path} "
-                         f"has {source.size} bytes: they do not belong together")
+        raise ImageError(
+            f"the bmap describes a {bmap.image_size}-byte image but {source.path} "
+            f"has {source.size} bytes: they do not belong together"
+        )
     image_size = bmap.image_size if bmap else source.size
     if image_size is not None and target_size is not None and image_size > target_size:
-        raise FlashError(f"{label} is too small ({target_size} bytes) for the image "
-                         f"({image_size} bytes)")
+        raise FlashError(f"{label} is too small ({target_size} bytes) for the image ({image_size} bytes)")
     target = _Target(fd, direct, is_block, label)
     zero_head = _aligned(HEAD)
     previous_term = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too: clean up
     try:
-        return _flash(source, target, bmap, verify, zero_skip, target_size, progress, zero_head,
-                      after_write)
+        return _flash(source, target, bmap, verify, zero_skip, target_size, progress, zero_head, after_write)
     except KeyboardInterrupt:
         _invalidate(target, zero_head)
-        raise FlashInterrupted(f"interrupted: {label} was left deliberately invalid (its first "
-                               "MiB is zeroed, so nothing will boot or mount it); flash it again") from None
+        raise FlashInterrupted(
+            f"interrupted: {label} was left deliberately invalid (its first "
+            "MiB is zeroed, so nothing will boot or mount it); flash it again"
+        ) from None
     except (FlashError, ImageError) as error:
         _invalidate(target, zero_head)
         raise type(error)(f"{error}; {label} was left invalid (first MiB zeroed)") from None
@@ -289,9 +304,17 @@ def _invalidate(target: _Target, zero_head: mmap.mmap) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _flash(source: ImageSource, target: _Target, bmap: Bmap | None, verify: bool, zero_skip: bool,
-           target_size: int | None, show: bool, zero_head: mmap.mmap,
-           after_write: Callable[[], None] | None) -> FlashResult:
+def _flash(
+    source: ImageSource,
+    target: _Target,
+    bmap: Bmap | None,
+    verify: bool,
+    zero_skip: bool,
+    target_size: int | None,
+    show: bool,
+    zero_head: mmap.mmap,
+    after_write: Callable[[], None] | None,
+) -> FlashResult:
     image_size = bmap.image_size if bmap else source.size
 
     # Step 2: make the target invalid before anything else is written.
@@ -371,16 +394,17 @@ def _flash(source: ImageSource, target: _Target, bmap: Bmap | None, verify: bool
         n = target.read(memoryview(check)[:head_length], 0)
         if n != head_length or check[:head_length] != head[:head_length]:
             first_bad = next((i for i in range(n) if check[i] != head[i]), n)
-            raise FlashError(f"verify failed: bytes {first_bad}-{head_length - 1} of {target.label} "
-                             "differ from the image (a faulty or fake card?)")
+            raise FlashError(
+                f"verify failed: bytes {first_bad}-{head_length - 1} of {target.label} "
+                "differ from the image (a faulty or fake card?)"
+            )
         verified += head_length
     if target.is_block:
         try:
             fcntl.ioctl(target.fd, BLKRRPART)  # let the system see the new partitions
         except OSError:
             pass
-    return FlashResult(image_size, written, verified, write_seconds,
-                       time.monotonic() - started, target.direct)
+    return FlashResult(image_size, written, verified, write_seconds, time.monotonic() - started, target.direct)
 
 
 _ZERO_DIGESTS: dict[int, bytes] = {}
@@ -433,9 +457,15 @@ def _read_back(target: _Target, spans: list[tuple[int, int]]) -> Iterator[tuple[
         free.put(_aligned(CHUNK))
 
 
-def _verify(target: _Target, segments: list[_Segment], bmap: Bmap | None,
-            chunks: list[tuple[int, int, bytes | None]], head: bytearray, image_size: int,
-            show: bool) -> int:
+def _verify(
+    target: _Target,
+    segments: list[_Segment],
+    bmap: Bmap | None,
+    chunks: list[tuple[int, int, bytes | None]],
+    head: bytearray,
+    image_size: int,
+    show: bool,
+) -> int:
     """Compare the target (past the head) with the bmap's range checksums and, where there
     are none (no bmap, or a bmap range without one), the chunk hashes taken while writing."""
     target.drop_cache()
@@ -458,14 +488,15 @@ def _verify(target: _Target, segments: list[_Segment], bmap: Bmap | None,
                 bar.update(len(piece))
 
     def mismatch(first: int, last: int) -> FlashError:
-        return FlashError(f"verify failed: bytes {first}-{last} of {target.label} differ from "
-                          "the image (a faulty or fake card?)")
+        return FlashError(
+            f"verify failed: bytes {first}-{last} of {target.label} differ from the image (a faulty or fake card?)"
+        )
 
     try:
         for start, end, checksum in ranges:
             digest = bmap.new_hash() if bmap else hashlib.sha256()
             if start < HEAD:  # the head is checked byte for byte after it is written
-                digest.update(memoryview(head)[start: min(end, HEAD)])
+                digest.update(memoryview(head)[start : min(end, HEAD)])
             read_into(digest, end - max(start, HEAD))
             if digest.hexdigest() != checksum:
                 raise mismatch(start, end - 1)
@@ -483,6 +514,7 @@ def _verify(target: _Target, segments: list[_Segment], bmap: Bmap | None,
 
 # ---------------------------------------------------------------------------------- the command
 
+
 def open_target(path: str, *, is_block: bool) -> tuple[int, bool]:
     """Open the target read-write (O_EXCL on a disk: fails if anything has it mounted or open),
     with O_DIRECT if the kernel and filesystem allow. Returns (fd, direct)."""
@@ -495,8 +527,9 @@ def open_target(path: str, *, is_block: bool) -> tuple[int, bool]:
             if error.errno == errno.EINVAL and extra:
                 continue  # e.g. tmpfs has no O_DIRECT: fall back to cached I/O + fadvise
             if error.errno == errno.EBUSY:
-                raise UserError(f"{path} is in use (mounted, or open in another program); "
-                                "close it and try again") from None
+                raise UserError(
+                    f"{path} is in use (mounted, or open in another program); close it and try again"
+                ) from None
             if error.errno in (errno.EACCES, errno.EPERM):
                 raise UserError(f"cannot open {path}: permission denied (run with sudo)") from None
             raise UserError(f"cannot open {path}: {error.strerror}") from None
@@ -528,13 +561,14 @@ def _unmount(mounts: list[tuple[str, str]]) -> None:
     for device, mountpoint in reversed(mounts):  # nested mounts: the deepest was mounted last
         done = subprocess.run(["umount", mountpoint], capture_output=True, text=True)
         if done.returncode != 0:
-            raise UserError(f"could not unmount {device} from {mountpoint}: "
-                            f"{done.stderr.strip() or 'umount failed'}; close the programs using it")
+            raise UserError(
+                f"could not unmount {device} from {mountpoint}: "
+                f"{done.stderr.strip() or 'umount failed'}; close the programs using it"
+            )
         print(f"unmounted {device} from {mountpoint}", file=sys.stderr)
 
 
-def _check_disk(path: str, image_size: int | None, assume_yes: bool,
-                read_view: ViewReader) -> blockdev.Target:
+def _check_disk(path: str, image_size: int | None, assume_yes: bool, read_view: ViewReader) -> blockdev.Target:
     try:
         name = blockdev.device_name(path)
         if not os.access(path, os.R_OK | os.W_OK):
@@ -574,15 +608,16 @@ def _print_disks(read_view: ViewReader) -> int:
     return 0
 
 
-def run(args: argparse.Namespace,
-        read_view: ViewReader = blockdev.SystemView.read_live) -> int:
+def run(args: argparse.Namespace, read_view: ViewReader = blockdev.SystemView.read_live) -> int:
     """The command. `read_view` is how the safety checks see the system; the command line
     always reads it live, tests pass a recorded or adjusted view (the only substitution)."""
     if args.list:
         return _print_disks(read_view)
     if not args.image or not args.target:
-        raise UserError("give an IMAGE and a TARGET, e.g. `hyperpi flash hyperpi.img.xz /dev/sdb` "
-                        "(find the TARGET with `hyperpi flash --list`)")
+        raise UserError(
+            "give an IMAGE and a TARGET, e.g. `hyperpi flash hyperpi.img.xz /dev/sdb` "
+            "(find the TARGET with `hyperpi flash --list`)"
+        )
     try:
         bmap_path = None if args.no_bmap else (Path(args.bmap) if args.bmap else find_bmap(args.image))
         bmap = read_bmap(bmap_path) if bmap_path else None
@@ -592,19 +627,21 @@ def run(args: argparse.Namespace,
     with source:
         image_size = bmap.image_size if bmap else source.size
         if bmap_path and bmap:
-            print(f"using {bmap_path}: {human_bytes(bmap.mapped_bytes)} of "
-                  f"{human_bytes(bmap.image_size)} hold data", file=sys.stderr)
+            print(
+                f"using {bmap_path}: {human_bytes(bmap.mapped_bytes)} of {human_bytes(bmap.image_size)} hold data",
+                file=sys.stderr,
+            )
         target_path = args.target
         if args.to_file:
             if os.path.exists(target_path):
                 mode = os.stat(target_path).st_mode
                 if not stat.S_ISREG(mode):
-                    raise UserError(f"{target_path} exists and is not a regular file; --to-file "
-                                    "writes image files only")
+                    raise UserError(
+                        f"{target_path} exists and is not a regular file; --to-file writes image files only"
+                    )
                 for own in (args.image, bmap_path):
                     if own and os.path.exists(own) and os.path.samefile(own, target_path):
-                        raise UserError(f"{target_path} is the image or its bmap itself; "
-                                        "choose another target file")
+                        raise UserError(f"{target_path} is the image or its bmap itself; choose another target file")
                 _confirm(f"{target_path} exists and will be overwritten.", args.yes)
             fd, direct = open_target(target_path, is_block=False)
             target_size, is_block = None, False
@@ -612,16 +649,26 @@ def run(args: argparse.Namespace,
             disk = _check_disk(target_path, image_size, args.yes, read_view)
             print(f"target {disk.describe()}", file=sys.stderr)
             for part in disk.partitions:
-                print(f"    {part.path} {human_bytes(part.size)} {part.fstype or ''} "
-                      f"{part.label or ''}".rstrip(), file=sys.stderr)
+                print(
+                    f"    {part.path} {human_bytes(part.size)} {part.fstype or ''} {part.label or ''}".rstrip(),
+                    file=sys.stderr,
+                )
             _confirm(f"All data on {disk.path} will be erased.", args.yes)
             fd, direct = open_target(target_path, is_block=True)
             _same_device(fd, disk.name, target_path)
             target_size, is_block = disk.size, True
         try:
-            result = flash_image(source, fd, label=target_path, bmap=bmap, verify=not args.no_verify,
-                                 is_block=is_block, zero_skip=not is_block, direct=direct,
-                                 target_size=target_size)
+            result = flash_image(
+                source,
+                fd,
+                label=target_path,
+                bmap=bmap,
+                verify=not args.no_verify,
+                is_block=is_block,
+                zero_skip=not is_block,
+                direct=direct,
+                target_size=target_size,
+            )
         except FlashInterrupted as stopped:
             print(f"hyperpi: {stopped}", file=sys.stderr)
             return 130
@@ -630,39 +677,46 @@ def run(args: argparse.Namespace,
         finally:
             os.close(fd)
     rate = result.written / max(result.write_seconds, 1e-9)
-    print(f"wrote {human_bytes(result.written)} in {result.write_seconds:.1f} s "
-          f"({human_bytes(rate)}/s)", file=sys.stderr)
+    print(
+        f"wrote {human_bytes(result.written)} in {result.write_seconds:.1f} s ({human_bytes(rate)}/s)", file=sys.stderr
+    )
     if args.no_verify:
         print("not verified (--no-verify)", file=sys.stderr)
     else:
-        print(f"verified {human_bytes(result.verified)} read back from {target_path} in "
-              f"{result.verify_seconds:.1f} s", file=sys.stderr)
-    print(f"done: {target_path} is ready" + ("; you can remove the card" if is_block else ""),
-          file=sys.stderr)
+        print(
+            f"verified {human_bytes(result.verified)} read back from {target_path} in {result.verify_seconds:.1f} s",
+            file=sys.stderr,
+        )
+    print(f"done: {target_path} is ready" + ("; you can remove the card" if is_block else ""), file=sys.stderr)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "flash", help="write an image to an SD card (checked, fast, verified)",
+        "flash",
+        help="write an image to an SD card (checked, fast, verified)",
         description="Write IMAGE (.img, .img.xz, .img.gz, .img.zst) to the SD card TARGET,\n"
-                    "then read it back to verify. TARGET must be a whole removable disk that\n"
-                    "does not hold the running system; you are asked to confirm unless --yes.\n"
-                    "A .bmap beside the image makes it write only the blocks that hold data.\n"
-                    "Ctrl-C is safe: the card is left clearly invalid, never half-good.",
+        "then read it back to verify. TARGET must be a whole removable disk that\n"
+        "does not hold the running system; you are asked to confirm unless --yes.\n"
+        "A .bmap beside the image makes it write only the blocks that hold data.\n"
+        "Ctrl-C is safe: the card is left clearly invalid, never half-good.",
         epilog="examples:  hyperpi flash --list\n"
-               "           sudo hyperpi flash kitchen.img.xz /dev/sdb\n"
-               "           hyperpi flash kitchen.img.xz copy.img --to-file",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "           sudo hyperpi flash kitchen.img.xz /dev/sdb\n"
+        "           hyperpi flash kitchen.img.xz copy.img --to-file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("image", nargs="?", metavar="IMAGE", help="the image file (raw or compressed)")
-    parser.add_argument("target", nargs="?", metavar="TARGET",
-                        help="the whole disk to overwrite, e.g. /dev/sdb or /dev/mmcblk0")
+    parser.add_argument(
+        "target", nargs="?", metavar="TARGET", help="the whole disk to overwrite, e.g. /dev/sdb or /dev/mmcblk0"
+    )
     parser.add_argument("--list", action="store_true", help="list the disks that could be flashed")
     parser.add_argument("--bmap", metavar="FILE", help="the image's block map (default: IMAGE's .bmap beside it)")
     parser.add_argument("--no-bmap", action="store_true", help="ignore any .bmap and write the whole image")
-    parser.add_argument("--yes", "-y", action="store_true",
-                        help="do not ask: confirm erasing TARGET (and unmounting its partitions)")
+    parser.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask: confirm erasing TARGET (and unmounting its partitions)"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip reading the card back")
-    parser.add_argument("--to-file", action="store_true",
-                        help="TARGET is a regular file to create or overwrite (for copies and tests)")
+    parser.add_argument(
+        "--to-file", action="store_true", help="TARGET is a regular file to create or overwrite (for copies and tests)"
+    )
     parser.set_defaults(func=run)

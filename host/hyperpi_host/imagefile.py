@@ -16,10 +16,9 @@ import lzma
 import os
 import stat
 import struct
+import sys
 from pathlib import Path
-from typing import BinaryIO
-
-import zstandard
+from typing import Any, BinaryIO
 
 # Reads from the compressed file go through a buffer this big: large enough that syscalls are
 # not the cost, small enough to stay cheap (the decompressors keep their own windows).
@@ -49,15 +48,22 @@ class ImageError(Exception):
 class ImageSource:
     """A readable stream of the uncompressed image bytes."""
 
-    def __init__(self, path: Path, compression: str, raw: BinaryIO, stream: BinaryIO,
-                 size: int | None, compressed_size: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        compression: str,
+        raw: BinaryIO,
+        stream: BinaryIO,
+        size: int | None,
+        compressed_size: int | None,
+    ) -> None:
         self.path = path
         self.compression = compression  # "raw", "xz", "gzip", "zstd" or "bzip2"
-        self.size = size                # uncompressed bytes, or None if not known yet
+        self.size = size  # uncompressed bytes, or None if not known yet
         self.compressed_size = compressed_size
         self._raw = raw
         self._stream = stream
-        self.position = 0               # uncompressed bytes consumed so far
+        self.position = 0  # uncompressed bytes consumed so far
 
     def compressed_position(self) -> int:
         """How far into the (compressed) file we are, for progress when `size` is unknown."""
@@ -73,9 +79,12 @@ class ImageSource:
         while filled < total:
             try:
                 n = self._stream.readinto(buffer[filled:])
-            except (lzma.LZMAError, EOFError, gzip.BadGzipFile, zstandard.ZstdError, OSError) as error:
-                raise ImageError(f"{self.path} is corrupt or truncated ({self.compression}: "
-                                 f"{error}); download or build it again") from None
+            except Exception as error:
+                if not isinstance(error, _decode_errors()):
+                    raise
+                raise ImageError(
+                    f"{self.path} is corrupt or truncated ({self.compression}: {error}); download or build it again"
+                ) from None
             if not n:
                 break
             filled += n
@@ -165,10 +174,30 @@ def open_image(path: str | Path) -> ImageSource:
         # gzip's trailer holds the size modulo 4 GiB only, so it can't be trusted for images.
         stream = gzip.GzipFile(fileobj=buffered)
     elif compression == "zstd":
-        stream = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+        stream = _zstandard(path).ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
     else:
         stream = bz2.BZ2File(buffered)
     return ImageSource(path, compression, buffered, stream, size, compressed_size)
+
+
+def _zstandard(path: Path) -> Any:
+    # zstandard is a host-only dependency (the `host` extra): the device image reads no .zst.
+    try:
+        import zstandard
+    except ImportError:
+        raise ImageError(
+            f"{path} is zstd-compressed and the zstandard module is missing: "
+            "pip install 'hyperpi[host]', or decompress it first (unzstd)"
+        ) from None
+    return zstandard
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged compressed stream raises (zstandard's error only once it was imported)."""
+    errors: tuple[type[BaseException], ...] = (lzma.LZMAError, EOFError, gzip.BadGzipFile, OSError)
+    if "zstandard" in sys.modules:
+        errors += (sys.modules["zstandard"].ZstdError,)
+    return errors
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:

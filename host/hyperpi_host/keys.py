@@ -75,9 +75,7 @@ def store_path() -> Path:
 
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
-        raise UserError(
-            f"bad key name {name!r}: use 1-32 letters, digits, '-' or '_', starting with a letter or digit"
-        )
+        raise UserError(f"bad key name {name!r}: use 1-32 letters, digits, '-' or '_', starting with a letter or digit")
     return name
 
 
@@ -403,8 +401,9 @@ def _make_stdout_private() -> None:
             f"stdout is a file other users can read, and its mode cannot be changed ({error.strerror}); "
             "give a FILE instead"
         ) from None
-    print(f"note: made the file stdout goes to private (mode 0600, was {stat.S_IMODE(info.st_mode):o})",
-          file=sys.stderr)
+    print(
+        f"note: made the file stdout goes to private (mode 0600, was {stat.S_IMODE(info.st_mode):o})", file=sys.stderr
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -220,7 +220,8 @@ def deliver(deliveries: list[Delivery], store: Store, options: netrun.NetworkOpt
     show up are recorded too. True if Ctrl-C (or SIGTERM) cut the wait short."""
     controls = {d.control.key: d.control for d in deliveries}
     bystanders = [
-        device for device in list_devices()
+        device
+        for device in list_devices()
         if device.control_key in controls and all(device.feed_key != d.device.feed_key for d in deliveries)
     ]
     everyone = [*(d.device for d in deliveries), *bystanders]
@@ -295,7 +296,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
     add.add_argument(
-        "key", metavar="KEY",
+        "key",
+        metavar="KEY",
         help="the feed to follow: a person's or device's name, or a key (z-base-32, hex, HYPERPI: QR payload)",
     )
     add.add_argument(
@@ -341,7 +343,10 @@ def _wait_arguments(parser: argparse.ArgumentParser) -> None:
         "--owner", metavar="OWNER", help="the owner identity (default: the one DEVICE was provisioned with)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
         help=f"seconds to wait for the device (default {DEFAULT_TIMEOUT:g}; 0: only record the entry)",
     )
     netrun.add_network_arguments(parser, default_listen="any free port")
@@ -384,8 +389,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         else:
             if current is not None:
                 print(
-                    f"{device.name} already follows this feed as {current.name}; "
-                    f"it will show it as {args.name.strip()}"
+                    f"{device.name} already follows this feed as {current.name}; it will show it as {args.name.strip()}"
                 )
             index = _append(control, follow_entry(device, key, args.name))
             print(
@@ -468,8 +472,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _deliver_to(devices, store, owners, options, timeout)
 
 
-def _deliver_to(devices: list[Device], store: Store, owners: set[str],
-                options: netrun.NetworkOptions, timeout: float) -> int:
+def _deliver_to(
+    devices: list[Device], store: Store, owners: set[str], options: netrun.NetworkOptions, timeout: float
+) -> int:
     """Wait until each device holds its entries; 0 when all do, EXIT_NOT_DELIVERED otherwise."""
     controls = {}
     for owner in sorted(owners):

@@ -80,8 +80,10 @@ class Progress:
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
             left = (self.total - self.done) / rate if rate > 0 and not final else 0.0
             tail = f"{_duration(elapsed)}" if final else f"{_duration(left)} left"
-            return (f"{self.label} [{bar}] {fraction * 100:5.1f}% "
-                    f"{human_bytes(self.done)}/{human_bytes(self.total)} {speed} {tail}")
+            return (
+                f"{self.label} [{bar}] {fraction * 100:5.1f}% "
+                f"{human_bytes(self.done)}/{human_bytes(self.total)} {speed} {tail}"
+            )
         return f"{self.label} {human_bytes(self.done)} {speed} {_duration(elapsed)}"
 
     def _draw(self, force: bool = False, final: bool = False) -> None:

@@ -68,13 +68,19 @@ MAX_SSID_BYTES = 32  # IEEE 802.11
 PSK_PASSPHRASE_CHARS = (8, 63)  # IEEE 802.11i: 8..63 printable ASCII, or 64 hex digits
 MAX_SSH_KEY_FILE = 64 * 1024  # a few public keys; a bigger file is the wrong file
 SSH_KEY_TYPES = {
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
 }
 COPY_CHUNK = 1 << 20  # sparse copy: all-zero chunks of this size become holes
 
 # ISO 3166-1 alpha-2 (249 codes, from Debian's iso-codes 4.15): the Wi-Fi regulatory domain.
-COUNTRY_CODES = frozenset("""
+COUNTRY_CODES = frozenset(
+    """
 AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS
 BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE
 EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM
@@ -83,7 +89,8 @@ LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV
 NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW
 SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
 TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
-""".split())
+""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -413,8 +420,9 @@ def record_device(settings: Settings, identity: Identity, image: Path) -> Path:
     return path
 
 
-def provision(source: Path, out: Path, settings: Settings, *, force: bool = False,
-              identity: Identity | None = None) -> tuple[Identity, Path]:
+def provision(
+    source: Path, out: Path, settings: Settings, *, force: bool = False, identity: Identity | None = None
+) -> tuple[Identity, Path]:
     """Write a provisioned copy of `source` to `out`; returns the identity and its host record."""
     if not source.is_file():
         raise UserError(f"no such image: {source}")
@@ -498,7 +506,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a static peer (repeatable)")
     parser.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help=(
             "replace OUT if it exists, and provision a device name used before "
             "(new keys: the old card is no longer paired)"
@@ -539,8 +548,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"recorded:  {record}")
     if old is not None and old.feed_key != identity.feed_key:
         print(
-            f"replaced:  the old {settings.name} ({z32_encode(old.feed_key)}); "
-            "its card is no longer paired from here"
+            f"replaced:  the old {settings.name} ({z32_encode(old.feed_key)}); its card is no longer paired from here"
         )
         _move_followers(old.feed_key, identity.feed_key, settings.name)
     return 0

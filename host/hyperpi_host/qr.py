@@ -37,9 +37,7 @@ MAX_PHOTO_PIXELS = 80_000_000
 
 def make_qr(key: bytes) -> segno.QRCode:
     """The pairing QR symbol for a 32-byte feed key."""
-    return segno.make_qr(
-        qr_payload(key), error=QR_ERROR, version=QR_VERSION, mode="alphanumeric", boost_error=False
-    )
+    return segno.make_qr(qr_payload(key), error=QR_ERROR, version=QR_VERSION, mode="alphanumeric", boost_error=False)
 
 
 def render_terminal(qr: segno.QRCode, style: str = "dark") -> str:
@@ -123,7 +121,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "key", nargs="?", metavar="KEY_OR_NAME",
+        "key",
+        nargs="?",
+        metavar="KEY_OR_NAME",
         help="a person's or device's name, or a key (z-base-32, hex or HYPERPI:)",
     )
     parser.add_argument("--png", type=Path, metavar="FILE", help="also save the QR code as a PNG")

@@ -51,9 +51,7 @@ def populate(state: Path, n: int) -> None:
         now = time.time()
         for core, nick in ((own, "kitchen"), (other, "ana")):
             for start in range(0, n // 2, 1000):
-                core.append(
-                    [chat_block(f"message {i}", nick, now - n + i) for i in range(start, start + 1000)]
-                )
+                core.append([chat_block(f"message {i}", nick, now - n + i) for i in range(start, start + 1000)])
     (state / "friend.key").write_text(other.key.hex())
 
 
@@ -146,9 +144,7 @@ def main() -> None:
         )
         stored = start_service(config, state)
 
-    out = subprocess.run(
-        [sys.executable, "-c", LIVE, str(MESSAGES)], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", LIVE, str(MESSAGES)], capture_output=True, text=True, check=True)
     live = json.loads(out.stdout.strip().splitlines()[-1])
 
     ready = sorted(r for r, _ in empty)

@@ -35,8 +35,9 @@ def work_dir() -> Path:
     """A temporary directory on a real disk: /tmp may be RAM (tmpfs), which says nothing."""
     base = os.environ.get("HYPERPI_BENCH_DIR")
     if not base:
-        tmp_fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", tempfile.gettempdir()],
-                                capture_output=True, text=True).stdout.strip()
+        tmp_fs = subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE", "--target", tempfile.gettempdir()], capture_output=True, text=True
+        ).stdout.strip()
         base = str(ROOT / "build") if tmp_fs in ("tmpfs", "ramfs", "") else tempfile.gettempdir()
     Path(base).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="bench-flash-", dir=base))
@@ -76,8 +77,7 @@ def main() -> None:
         fraction = make_image(image)
         theirs, ours = tmp / "bmaptool.bmap", tmp / "hyperpi.bmap"
         started = time.perf_counter()
-        subprocess.run(["bmaptool", "create", "-o", str(theirs), str(image)], check=True,
-                       capture_output=True)
+        subprocess.run(["bmaptool", "create", "-o", str(theirs), str(image)], check=True, capture_output=True)
         bmaptool_create = time.perf_counter() - started
         started = time.perf_counter()
         ours.write_text(make_bmap(image))
@@ -86,14 +86,23 @@ def main() -> None:
         if not agree:
             raise RuntimeError("hyperpi's bmap and bmaptool's differ for the same image")
 
-        hyperpi = [sys.executable, "-m", "hyperpi_host.cli", "flash", str(image), str(target),
-                   "--to-file", "--yes", "--bmap", str(ours)]
+        hyperpi = [
+            sys.executable,
+            "-m",
+            "hyperpi_host.cli",
+            "flash",
+            str(image),
+            str(target),
+            "--to-file",
+            "--yes",
+            "--bmap",
+            str(ours),
+        ]
         tools = {
             "hyperpi flash (with read-back verify)": hyperpi,
             "hyperpi flash --no-verify": hyperpi + ["--no-verify"],
             "bmaptool copy": ["bmaptool", "-q", "copy", "--bmap", str(theirs), str(image), str(target)],
-            "dd bs=4M conv=fsync": ["dd", f"if={image}", f"of={target}", "bs=4M", "conv=fsync",
-                                    "status=none"],
+            "dd bs=4M conv=fsync": ["dd", f"if={image}", f"of={target}", "bs=4M", "conv=fsync", "status=none"],
         }
         subprocess.run(["cat", str(image)], check=True, stdout=subprocess.DEVNULL)  # warm the cache alike
         times: dict[str, list[float]] = {name: [] for name in tools}
@@ -112,21 +121,24 @@ def main() -> None:
             "mapped_fraction": round(fraction, 3),
             "repeats": REPEATS,
             "bmaps_agree": agree,
-            "bmap_create_seconds": {"hyperpi": round(hyperpi_create, 3),
-                                    "bmaptool": round(bmaptool_create, 3)},
+            "bmap_create_seconds": {"hyperpi": round(hyperpi_create, 3), "bmaptool": round(bmaptool_create, 3)},
             "median_seconds": {name: round(s, 3) for name, s in median.items()},
             "all_seconds": {name: [round(s, 3) for s in t] for name, t in times.items()},
             "ratio_hyperpi_to_bmaptool": round(ours_s / median["bmaptool copy"], 3),
             "ratio_hyperpi_to_dd": round(ours_s / median["dd bs=4M conv=fsync"], 3),
             "ratio_hyperpi_no_verify_to_bmaptool": round(
-                median["hyperpi flash --no-verify"] / median["bmaptool copy"], 3),
+                median["hyperpi flash --no-verify"] / median["bmaptool copy"], 3
+            ),
         }
-        print(f"1 GiB image, {fraction:.0%} mapped; bmaps agree: {agree}; "
-              f"bmap create: hyperpi {hyperpi_create:.2f} s, bmaptool {bmaptool_create:.2f} s")
+        print(
+            f"1 GiB image, {fraction:.0%} mapped; bmaps agree: {agree}; "
+            f"bmap create: hyperpi {hyperpi_create:.2f} s, bmaptool {bmaptool_create:.2f} s"
+        )
         for name, s in median.items():
             print(f"  {name:40s} {s:6.2f} s (median of {REPEATS})")
-        print(f"  hyperpi (writes + reads back) / bmaptool (writes only): "
-              f"{result['ratio_hyperpi_to_bmaptool']:.2f}x time")
+        print(
+            f"  hyperpi (writes + reads back) / bmaptool (writes only): {result['ratio_hyperpi_to_bmaptool']:.2f}x time"
+        )
         print(f"  hyperpi / dd: {result['ratio_hyperpi_to_dd']:.2f}x time")
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -185,6 +185,7 @@ def _holders(count: int, **kwargs) -> Attack:  # noqa: ANN003
         folder = Path(tempfile.mkdtemp())
         for i in range(count):
             held.append(await _quietly(_key_holder(port, key, folder / str(i), **kwargs)))
+
     return attack
 
 
@@ -269,8 +270,12 @@ def _run_scenario(name: str, attack: Attack) -> dict:
         )
         assert writer.stdout is not None
         hello = json.loads(writer.stdout.readline())
-        reader = subprocess.Popen([sys.executable, "-c", READER, f"{tmp}/r", str(hello["port"]), hello["key"]],
-                                  stdout=subprocess.PIPE, text=True, env=env)
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READER, f"{tmp}/r", str(hello["port"]), hello["key"]],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         latencies: list[tuple[float, float]] = []
 
         def collect() -> None:
@@ -310,8 +315,11 @@ async def _scenario(name: str, attack: Attack, pid: int, hello: dict, latencies:
     window = [lat for at, lat in latencies if start <= at <= end + AFTER_S]
     p99 = percentile(window, 99)
     met = peak < PEAK_TARGET_MB and after - baseline < AFTER_TARGET_MB and p99 < P99_TARGET_S
-    print(f"{name}: RSS {baseline:.0f} -> peak {peak:.0f} -> after {after:.0f} MB; "
-          f"live p99 {p99 * 1000:.0f} ms over {len(window)} messages{'' if met else '  (target missed)'}", flush=True)
+    print(
+        f"{name}: RSS {baseline:.0f} -> peak {peak:.0f} -> after {after:.0f} MB; "
+        f"live p99 {p99 * 1000:.0f} ms over {len(window)} messages{'' if met else '  (target missed)'}",
+        flush=True,
+    )
     return {
         "baseline_mb": round(baseline, 1),
         "peak_mb": round(peak, 1),

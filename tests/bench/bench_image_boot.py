@@ -36,13 +36,15 @@ PRESS_GAP_S = 3.0  # longer than a hold (1 s) plus the 100 ms pulse: each press 
 
 
 def hyperpi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True, check=False
+    )
 
 
 def provision(image: Path, card: Path, name: str, board: str) -> str:
-    done = hyperpi("provision", str(image), "-o", str(card), "--device", name, "--board", board,
-                   "--listen-port", str(PORT))
+    done = hyperpi(
+        "provision", str(image), "-o", str(card), "--device", name, "--board", board, "--listen-port", str(PORT)
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip())
     return json.loads((Path(os.environ["HYPERPI_HOME"]) / "devices" / f"{name}.json").read_text())["feed_key"]
@@ -65,10 +67,27 @@ def button_latencies(card: Path, work: Path, key: str) -> list[float]:
     viewer = None
     try:
         vm.wait_for(re.escape(qemu_boot.READY_LINE), TIMEOUT_S)
-        viewer = subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "chat", "view", key, "--store",
-                                   str(work / "view"), "--peer", f"127.0.0.1:{vm.host_port}", "--listen",
-                                   "127.0.0.1:0", "--no-mdns", "--json"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        viewer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hyperpi_host.cli",
+                "chat",
+                "view",
+                key,
+                "--store",
+                str(work / "view"),
+                "--peer",
+                f"127.0.0.1:{vm.host_port}",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert viewer.stdout is not None
         viewer.stdout.readline()  # the boot message: the viewer is connected and caught up
         latencies = []
@@ -111,15 +130,21 @@ def main() -> None:
         f"median {statistics.median(latencies) * 1000:.0f} ms,"
         f" max {max(latencies) * 1000:.0f} ms"
     )
-    RESULTS.write_text(json.dumps({
-        "image": images[-1].name,
-        "raspi3b_boot_to_ready_s": round(ready, 1),
-        "raspi3b_boot_to_multi_user_without_service_s": round(baseline, 1),
-        "ready_over_baseline": round(ratio, 2),
-        "virt_button_to_host_ms": [round(x * 1000) for x in latencies],
-        "virt_button_to_host_median_ms": round(statistics.median(latencies) * 1000),
-        "measured_at": int(time.time()),
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "image": images[-1].name,
+                "raspi3b_boot_to_ready_s": round(ready, 1),
+                "raspi3b_boot_to_multi_user_without_service_s": round(baseline, 1),
+                "ready_over_baseline": round(ratio, 2),
+                "virt_button_to_host_ms": [round(x * 1000) for x in latencies],
+                "virt_button_to_host_median_ms": round(statistics.median(latencies) * 1000),
+                "measured_at": int(time.time()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

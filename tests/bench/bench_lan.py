@@ -200,10 +200,14 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"start to first connection (mDNS): median {median * 1000:.0f} ms over {STARTS} starts "
-          f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}; target < {DISCOVERY_TARGET_S} s)")
-    print(f"append to stored on the other device: p50 {percentile(latencies, 50):.1f} ms, "
-          f"p99 {percentile(latencies, 99):.1f} ms over {MESSAGES} messages (target p99 < {APPEND_P99_TARGET_MS:g} ms)")
+    print(
+        f"start to first connection (mDNS): median {median * 1000:.0f} ms over {STARTS} starts "
+        f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}; target < {DISCOVERY_TARGET_S} s)"
+    )
+    print(
+        f"append to stored on the other device: p50 {percentile(latencies, 50):.1f} ms, "
+        f"p99 {percentile(latencies, 99):.1f} ms over {MESSAGES} messages (target p99 < {APPEND_P99_TARGET_MS:g} ms)"
+    )
 
 
 if __name__ == "__main__":

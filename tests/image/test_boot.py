@@ -53,13 +53,19 @@ LOOPBACK_ONLY = ["--listen", "127.0.0.1:0", "--no-mdns"]
 
 
 def hyperpi(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True,
-                          check=False, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "hyperpi_host.cli", *args], text=True, capture_output=True, check=False, **kwargs
+    )
 
 
 def hyperpi_process(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", *args, *LOOPBACK_ONLY],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hyperpi_host.cli", *args, *LOOPBACK_ONLY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
@@ -67,8 +73,21 @@ def chat_write(store: Path, extra: list[str]) -> subprocess.Popen[str]:
 
 
 def chat_view(key: str, store: Path, peer: str, count: int, **kwargs) -> subprocess.CompletedProcess[str]:
-    return hyperpi("chat", "view", key, "--store", str(store), "--peer", peer, *LOOPBACK_ONLY, "--json",
-                   "--exit-after", str(count), timeout=CHAT_TIMEOUT_S, **kwargs)
+    return hyperpi(
+        "chat",
+        "view",
+        key,
+        "--store",
+        str(store),
+        "--peer",
+        peer,
+        *LOOPBACK_ONLY,
+        "--json",
+        "--exit-after",
+        str(count),
+        timeout=CHAT_TIMEOUT_S,
+        **kwargs,
+    )
 
 
 def ready_and_online(machine: qemu_boot.Machine, feed_key: str, store: Path) -> str:
@@ -107,8 +126,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def provision(image: Path, card: Path, name: str, board: str, *extra: str) -> dict:
-    done = hyperpi("provision", str(image), "-o", str(card), "--device", name, "--board", board,
-                   "--listen-port", str(PORT), *extra)
+    done = hyperpi(
+        "provision", str(image), "-o", str(card), "--device", name, "--board", board, "--listen-port", str(PORT), *extra
+    )
     assert done.returncode == 0, done.stderr
     return json.loads((Path(os.environ["HYPERPI_HOME"]) / "devices" / f"{name}.json").read_text())
 
@@ -120,8 +140,9 @@ def workdir(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.timeout(2 * BOOT_TIMEOUT_S + 6 * CHAT_TIMEOUT_S)
-def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home: Path,
-                                         ntp: qemu_boot.NtpResponder) -> None:
+def test_pi3_hardware_chat_and_hardening(
+    built_image: Path, tmp_path: Path, home: Path, ntp: qemu_boot.NtpResponder
+) -> None:
     host_store = tmp_path / "host-feed"
     creator = chat_write(host_store, [])  # creates the host's feed and prints its key first
     host_key = creator.stdout.readline().strip()
@@ -131,8 +152,12 @@ def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home
     card = tmp_path / "card.img"
     record = provision(built_image, card, "qemu-pi", "display-hat-mini", "--follow", f"host={host_key}")
     marker = f"hello from the host {os.getpid()}"
-    plan = {"wait_s": BOOT_TIMEOUT_S, "marker": marker, "ntp": True,
-            "checks": [{"board": "display-hat-mini"}, {"board": "oled-bonnet", "restart": True}]}
+    plan = {
+        "wait_s": BOOT_TIMEOUT_S,
+        "marker": marker,
+        "ntp": True,
+        "checks": [{"board": "display-hat-mini"}, {"board": "oled-bonnet", "restart": True}],
+    }
 
     pi = qemu_boot.Machine(card, workdir(tmp_path, "boot1"), PORT, plan=plan, oled=True)
     pi.start()
@@ -156,7 +181,11 @@ def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home
     # The board's buses and pins, as the service user sees them.
     nodes = facts["nodes"]
     assert {n: nodes.get(n, {}).get("group") for n in qemu_boot.GUEST_NODES} == {
-        "/dev/spidev0.0": "spi", "/dev/spidev0.1": "spi", "/dev/i2c-1": "i2c", "/dev/gpiochip0": "gpio"}, nodes
+        "/dev/spidev0.0": "spi",
+        "/dev/spidev0.1": "spi",
+        "/dev/i2c-1": "i2c",
+        "/dev/gpiochip0": "gpio",
+    }, nodes
     assert "i2c_dev" in facts["modules"]
     assert {"gpio", "spi", "i2c", "video"} <= set(facts["service_user_groups"])
     assert facts["spi_bytes_tx"].get("spi0.1", 0) >= FRAME_BYTES, facts["spi_bytes_tx"]
@@ -187,12 +216,19 @@ def test_pi3_hardware_chat_and_hardening(built_image: Path, tmp_path: Path, home
     assert facts["passwords"] == [] and facts["journal_storage"] is False
     # The kernel's side of the frames: no SPI or I2C transfer failed. (Its other bus warnings are
     # the emulation's: QEMU's firmware model has no GPIO expander, and the harness removed SPI DMA.)
-    failed = [line for line in facts["kernel_bus_errors"] if re.search(r"timed out|transfer failed|failed to transfer", line)]
+    failed = [
+        line for line in facts["kernel_bus_errors"] if re.search(r"timed out|transfer failed|failed to transfer", line)
+    ]
     assert failed == [], facts["kernel_bus_errors"]
 
     # A second copy of the same card on a Pi whose firmware did not apply the overlay.
-    second = qemu_boot.Machine(card, workdir(tmp_path, "boot2"), PORT, overlay=False,
-                               plan={"wait_s": BOOT_TIMEOUT_S, "checks": [{"board": "display-hat-mini"}]})
+    second = qemu_boot.Machine(
+        card,
+        workdir(tmp_path, "boot2"),
+        PORT,
+        overlay=False,
+        plan={"wait_s": BOOT_TIMEOUT_S, "checks": [{"board": "display-hat-mini"}]},
+    )
     second.start()
     try:
         second.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "done", BOOT_TIMEOUT_S)
@@ -213,8 +249,18 @@ def test_button_edge_on_virt_reaches_the_host(built_image: Path, tmp_path: Path,
     vm.start()
     try:
         peer = ready_and_online(vm, record["feed_key"], tmp_path / "view")
-        viewer = hyperpi_process("chat", "view", record["feed_key"], "--store", str(tmp_path / "view"),
-                                 "--peer", peer, "--json", "--exit-after", "2")
+        viewer = hyperpi_process(
+            "chat",
+            "view",
+            record["feed_key"],
+            "--store",
+            str(tmp_path / "view"),
+            "--peer",
+            peer,
+            "--json",
+            "--exit-after",
+            "2",
+        )
         try:
             vm.qmp("system_powerdown")  # the emulated power button: PL061 line 3 high for ~100 ms
             out, err = viewer.communicate(timeout=CHAT_TIMEOUT_S)

@@ -99,17 +99,18 @@ def test_engine_writes_and_verifies_a_block_device(tmp_path: Path, loop_device, 
     try:
         assert direct  # a loop device takes O_DIRECT
         with open_image(packed) as source:
-            result = flash_image(source, fd, label=device, bmap=bmap, is_block=True, direct=direct,
-                                 target_size=DISK, progress=False)
+            result = flash_image(
+                source, fd, label=device, bmap=bmap, is_block=True, direct=direct, target_size=DISK, progress=False
+            )
     finally:
         os.close(fd)
     card = Path(device).read_bytes()
     assert card == backing.read_bytes()
-    assert card[DISK - MiB:] == bytes(MiB)  # the backup GPT area was wiped
+    assert card[DISK - MiB :] == bytes(MiB)  # the backup GPT area was wiped
     if with_bmap:
         for r in bmap.ranges:
-            assert card[r.start:r.end] == data[r.start:r.end]
-        assert card[8 * MiB: 9 * MiB] == b"\x55" * MiB  # unmapped: left alone, as bmaptool does
+            assert card[r.start : r.end] == data[r.start : r.end]
+        assert card[8 * MiB : 9 * MiB] == b"\x55" * MiB  # unmapped: left alone, as bmaptool does
         assert result.verified == bmap.mapped_bytes
     else:
         assert card[: len(data)] == data  # zeros written too: a used card does not read back zero
@@ -123,12 +124,13 @@ def test_image_of_unknown_size_bigger_than_the_device(tmp_path: Path, loop_devic
     fd, direct = open_target(device, is_block=True)
     try:
         with open_image(packed) as source, pytest.raises(FlashError) as failed:
-            flash_image(source, fd, label=device, is_block=True, direct=direct, target_size=DISK,
-                        progress=False)
+            flash_image(source, fd, label=device, is_block=True, direct=direct, target_size=DISK, progress=False)
     finally:
         os.close(fd)
-    assert str(failed.value) == (f"{device} is full at byte {DISK}: the image is bigger than the "
-                                 f"target; {device} was left invalid (first MiB zeroed)")
+    assert str(failed.value) == (
+        f"{device} is full at byte {DISK}: the image is bigger than the "
+        f"target; {device} was left invalid (first MiB zeroed)"
+    )
     assert backing.read_bytes()[:MiB] == bytes(MiB)
 
 
@@ -196,8 +198,7 @@ def usb_card_view(root: Path, disk: str, partition: str) -> Callable[[], SystemV
         devices.remove(part)
         part.update(type="part", pkname=disk_name)
         card = next(d for d in devices if d["kname"] == disk_name)
-        card.update(type="disk", rm=True, hotplug=True, vendor=VENDOR, model=MODEL, tran="usb",
-                    children=[part])
+        card.update(type="disk", rm=True, hotplug=True, vendor=VENDOR, model=MODEL, tran="usb", children=[part])
         sysfs = data["sysfs"]
         for base in (f"block/{disk_name}", f"class/block/{disk_name}"):
             sysfs[f"{base}/removable"] = "1\n"
@@ -218,9 +219,12 @@ def usb_card(tmp_path: Path, loop_device):
     device, backing = loop_device
     if shutil.which("mkfs.ext4") is None:
         pytest.fail("mkfs.ext4 is missing: tests/system-deps.sh installs e2fsprogs")
-    part = subprocess.run(["losetup", "--find", "--show", "--offset", str(PART_START),
-                           "--sizelimit", str(PART_SIZE), str(backing)],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    part = subprocess.run(
+        ["losetup", "--find", "--show", "--offset", str(PART_START), "--sizelimit", str(PART_SIZE), str(backing)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
@@ -235,8 +239,11 @@ def usb_card(tmp_path: Path, loop_device):
 
 def test_command_flashes_a_removable_usb_disk(tmp_path: Path, usb_card, image) -> None:
     device, part, mnt, view = usb_card
-    backing = Path(subprocess.run(["losetup", "--noheadings", "--output", "BACK-FILE", device],
-                                  capture_output=True, text=True, check=True).stdout.strip())
+    backing = Path(
+        subprocess.run(
+            ["losetup", "--noheadings", "--output", "BACK-FILE", device], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     path, data = image
     bmap = read_bmap(write_bmap(path, tmp_path / "hyperpi.img.bmap"))
     before = backing.read_bytes()
@@ -257,10 +264,10 @@ def test_command_flashes_a_removable_usb_disk(tmp_path: Path, usb_card, image) -
     assert f"verified {bmap.mapped_bytes / MiB:.1f} MiB read back from {device}" in err
     assert not os.path.ismount(mnt)
     card = Path(device).read_bytes()
-    assert all(card[r.start:r.end] == data[r.start:r.end] for r in bmap.ranges)
-    assert card[DISK - MiB:] == bytes(MiB)  # backup GPT area wiped
+    assert all(card[r.start : r.end] == data[r.start : r.end] for r in bmap.ranges)
+    assert card[DISK - MiB :] == bytes(MiB)  # backup GPT area wiped
     # Unmapped by the bmap, so left alone (as bmaptool does): the old ext4 superblock is still there.
-    assert card[PART_START + EXT4_MAGIC: PART_START + EXT4_MAGIC + 2] == b"\x53\xef"
+    assert card[PART_START + EXT4_MAGIC : PART_START + EXT4_MAGIC + 2] == b"\x53\xef"
 
     # Open elsewhere (as another flasher would): the exclusive open refuses, nothing is written.
     before = backing.read_bytes()
@@ -270,8 +277,7 @@ def test_command_flashes_a_removable_usb_disk(tmp_path: Path, usb_card, image) -
     finally:
         os.close(holder)
     assert code == 2
-    assert err.endswith(f"hyperpi: {device} is in use (mounted, or open in another program); "
-                        "close it and try again\n")
+    assert err.endswith(f"hyperpi: {device} is in use (mounted, or open in another program); close it and try again\n")
     assert backing.read_bytes() == before
 
     # Too big an image is refused by the checks, before anything is written.
@@ -280,6 +286,8 @@ def test_command_flashes_a_removable_usb_disk(tmp_path: Path, usb_card, image) -
         f.truncate(DISK + MiB)
     code, err = run_command(view, str(big), device, "--yes")
     assert code == 2
-    assert err == (f"hyperpi: refusing to flash: {device} is too small: 40.0 MiB ({DISK} bytes) "
-                   f"for an image of 41.0 MiB ({DISK + MiB} bytes); use a bigger card\n")
+    assert err == (
+        f"hyperpi: refusing to flash: {device} is too small: 40.0 MiB ({DISK} bytes) "
+        f"for an image of 41.0 MiB ({DISK + MiB} bytes); use a bigger card\n"
+    )
     assert backing.read_bytes() == before

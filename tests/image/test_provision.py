@@ -37,24 +37,50 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"missing {missing}: tests/system-deps.sh installs fdisk dosfstools mtools e2fsprogs")
     work = tmp_path_factory.mktemp("base")
     tree = work / "root"
-    for d in ("var/lib/hyperpi", "etc/wpa_supplicant", "etc/systemd/system/multi-user.target.wants",
-              "root", "lib/systemd/system", "boot/firmware"):
+    for d in (
+        "var/lib/hyperpi",
+        "etc/wpa_supplicant",
+        "etc/systemd/system/multi-user.target.wants",
+        "root",
+        "lib/systemd/system",
+        "boot/firmware",
+    ):
         (tree / d).mkdir(parents=True)
     (tree / "etc/hostname").write_text("hyperpi\n")
     (tree / "lib/systemd/system/ssh.service").write_text("[Unit]\n")
     fat, ext4, image = work / "boot.fat", work / "root.ext4", work / "hyperpi.img"
-    run(["mkfs.vfat", "-F", "32", "-S", "512", "-s", "1", "-h", str(FAT_START_SECTOR), "-n", "HYPERPI",
-         "-C", str(fat), str(FAT_MIB * 1024)])
+    run(
+        [
+            "mkfs.vfat",
+            "-F",
+            "32",
+            "-S",
+            "512",
+            "-s",
+            "1",
+            "-h",
+            str(FAT_START_SECTOR),
+            "-n",
+            "HYPERPI",
+            "-C",
+            str(fat),
+            str(FAT_MIB * 1024),
+        ]
+    )
     run(["mcopy", "-i", str(fat), str(tree / "etc/hostname"), "::/config.txt"])
     run(["mke2fs", "-q", "-t", "ext4", "-d", str(tree), str(ext4), f"{ROOT_MIB}M"])
     # The service user owns its state folder; debugfs sets that without root on this host.
     subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi uid 900", str(ext4)], check=True, capture_output=True)
     subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi gid 900", str(ext4)], check=True, capture_output=True)
-    subprocess.run(["debugfs", "-w", "-R", "sif /var/lib/hyperpi mode 040700", str(ext4)], check=True, capture_output=True)
+    subprocess.run(
+        ["debugfs", "-w", "-R", "sif /var/lib/hyperpi mode 040700", str(ext4)], check=True, capture_output=True
+    )
     root_start = FAT_START_SECTOR + FAT_MIB * 2048
     with open(image, "wb") as f:
         f.truncate((root_start + ROOT_MIB * 2048) * 512)
-    table = f"label: dos\nstart={FAT_START_SECTOR}, size={FAT_MIB * 2048}, type=c, bootable\nstart={root_start}, type=83\n"
+    table = (
+        f"label: dos\nstart={FAT_START_SECTOR}, size={FAT_MIB * 2048}, type=c, bootable\nstart={root_start}, type=83\n"
+    )
     subprocess.run(["sfdisk", "--quiet", str(image)], input=table.encode(), check=True)
     for part, offset in ((fat, FAT_START_SECTOR), (ext4, root_start)):
         run(["dd", f"if={part}", f"of={image}", "bs=512", f"seek={offset}", "conv=notrunc,sparse", "status=none"])
@@ -86,10 +112,29 @@ def test_provision_writes_settings_on_fat_and_secrets_in_ext4(base_image: Path, 
     out = tmp_path / "kitchen.img"
     before = sha256(base_image)
     code = provision_cli(
-        str(base_image), "-o", str(out), "--device", "kitchen", "--board", "oled-bonnet",
-        "--wifi-ssid", SSID, "--wifi-psk", PASSPHRASE, "--wifi-country", "de",
-        "--follow", f"Ana={z32_encode(friend)}", "--preset", "Dinner!", "--preset", "Coming",
-        "--owner", owner.hex(), "--peer", "10.0.0.7:49737",
+        str(base_image),
+        "-o",
+        str(out),
+        "--device",
+        "kitchen",
+        "--board",
+        "oled-bonnet",
+        "--wifi-ssid",
+        SSID,
+        "--wifi-psk",
+        PASSPHRASE,
+        "--wifi-country",
+        "de",
+        "--follow",
+        f"Ana={z32_encode(friend)}",
+        "--preset",
+        "Dinner!",
+        "--preset",
+        "Coming",
+        "--owner",
+        owner.hex(),
+        "--peer",
+        "10.0.0.7:49737",
     )
     assert code == 0
     assert sha256(base_image) == before, "the input image must not change"
@@ -134,6 +179,7 @@ def test_provision_writes_settings_on_fat_and_secrets_in_ext4(base_image: Path, 
 
 def test_device_config_module_accepts_the_written_settings(base_image: Path, tmp_path: Path, home: Path) -> None:
     from hyperpi.device import config
+
     out = tmp_path / "hall.img"
     assert provision_cli(str(base_image), "-o", str(out), "--device", "hall", "--board", "headless") == 0
     boot, _ = boot_and_root(out)
@@ -222,7 +268,9 @@ def test_bad_files_are_refused_in_one_line(
         device = "kitchen pi!"
     elif case == "private ssh key":
         key = tmp_path / "id_ed25519"
-        key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
+        key.write_text(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+        )
         extra = ["--ssh-key", str(key)]
     elif case == "not an image":
         junk = tmp_path / "junk.img"

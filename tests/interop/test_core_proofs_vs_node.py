@@ -91,7 +91,11 @@ def test_random_proofs_match_node(node_peers, tmp_path, compat):
     }
     done = subprocess.run(
         ["node", "core-proofs.js", str(tmp_path / "node")],
-        cwd=node_peers, input=json.dumps(request), capture_output=True, text=True, timeout=120,
+        cwd=node_peers,
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     answers = json.loads(done.stdout)

@@ -35,8 +35,17 @@ class DeviceStandIn:
     """A device's service and swarm in a background thread, listening on host:port
     (mDNS off unless asked: only inside network namespaces)."""
 
-    def __init__(self, state: Path, feed: KeyPair, noise: KeyPair, control_key: bytes, port: int = 0,
-                 *, host: str = "127.0.0.1", mdns: bool = False) -> None:
+    def __init__(
+        self,
+        state: Path,
+        feed: KeyPair,
+        noise: KeyPair,
+        control_key: bytes,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        mdns: bool = False,
+    ) -> None:
         self.state, self.feed, self.noise, self.control_key, self.port = state, feed, noise, control_key, port
         self.host, self.mdns = host, mdns
         self.service: DeviceService | None = None
@@ -172,7 +181,9 @@ def test_offline_device_gets_the_entry_from_sync(
 
 
 def test_only_the_recorded_device_counts(
-    kitchen: tuple[provision.Identity, bytes], tmp_path: Path, capsys: pytest.CaptureFixture,
+    kitchen: tuple[provision.Identity, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
     hyperpi_home: Path,  # noqa: F811
 ) -> None:
     """A peer with another Noise key replicating the control feed is not the device."""
@@ -209,8 +220,13 @@ def main() -> None:
         return KeyPair(secret[32:], secret)
 
     stand_in = DeviceStandIn(
-        Path(options["state"]), pair_of(options["feed"]), pair_of(options["noise"]),
-        bytes.fromhex(options["control"]), options["port"], host=options["host"], mdns=options["mdns"],
+        Path(options["state"]),
+        pair_of(options["feed"]),
+        pair_of(options["noise"]),
+        bytes.fromhex(options["control"]),
+        options["port"],
+        host=options["host"],
+        mdns=options["mdns"],
     )
     with stand_in:
         print(f"ready {stand_in.port}", flush=True)

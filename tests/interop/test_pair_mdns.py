@@ -27,15 +27,21 @@ def read_line(process, timeout: float) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_pair_add_finds_the_device_by_mdns(
-    lan: NetnsLan, hyperpi_home: Path, tmp_path: Path  # noqa: F811
+    lan: NetnsLan,  # noqa: F811 (the fixture imported above)
+    hyperpi_home: Path,
+    tmp_path: Path,
 ) -> None:
     owner = keys.create_identity("alice", owner=True)
     assert owner.control_feed_key is not None
     device = make_device("kitchen", "alice", tmp_path)
     options = {
-        "state": str(tmp_path / "device"), "feed": device.feed.secret_key.hex(),
-        "noise": device.noise.secret_key.hex(), "control": owner.control_feed_key.hex(),
-        "host": "0.0.0.0", "port": 49737, "mdns": True,
+        "state": str(tmp_path / "device"),
+        "feed": device.feed.secret_key.hex(),
+        "noise": device.noise.secret_key.hex(),
+        "control": owner.control_feed_key.hex(),
+        "host": "0.0.0.0",
+        "port": 49737,
+        "mdns": True,
     }
     (tmp_path / "device").mkdir()
     stand_in = lan.python("a", "-m", "tests.interop.test_pair_device", json.dumps(options))
@@ -43,9 +49,22 @@ def test_pair_add_finds_the_device_by_mdns(
 
     ana = generate_keypair().public_key
     result = lan.run(
-        "b", "env", f"HYPERPI_HOME={hyperpi_home}", sys.executable, "-m", "hyperpi_host.cli",
-        "pair", "add", "kitchen", z32_encode(ana), "--name", "Ana", "--timeout", str(WAIT),
-        timeout=WAIT + 15, check=False,
+        "b",
+        "env",
+        f"HYPERPI_HOME={hyperpi_home}",
+        sys.executable,
+        "-m",
+        "hyperpi_host.cli",
+        "pair",
+        "add",
+        "kitchen",
+        z32_encode(ana),
+        "--name",
+        "Ana",
+        "--timeout",
+        str(WAIT),
+        timeout=WAIT + 15,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "delivered: kitchen" in result.stdout

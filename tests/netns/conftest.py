@@ -86,8 +86,7 @@ class NetnsLan:
             _ip("netns", "add", namespace)
             port = self.port(device)
             # Both ends are born in their namespaces: nothing touches the root namespace.
-            _ip("link", "add", "eth0", "netns", namespace, "type", "veth",
-                "peer", "name", port, "netns", self.bridge)
+            _ip("link", "add", "eth0", "netns", namespace, "type", "veth", "peer", "name", port, "netns", self.bridge)
             _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
             _ip("-n", namespace, "addr", "add", f"{self.addresses[device]}/24", "dev", "eth0")
@@ -116,19 +115,20 @@ class NetnsLan:
     def exec_args(self, device: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[device], *args]
 
-    def run(self, device: str, *args: str, timeout: float = 60, check: bool = True,
-            **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, device: str, *args: str, timeout: float = 60, check: bool = True, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside a device's namespace and wait for it."""
-        return subprocess.run(self.exec_args(device, *args), capture_output=True, text=True,
-                              timeout=timeout, check=check, **kwargs)  # type: ignore[call-overload]
+        return subprocess.run(
+            self.exec_args(device, *args), capture_output=True, text=True, timeout=timeout, check=check, **kwargs
+        )  # type: ignore[call-overload]
 
     def popen(self, device: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
         """Start a command inside a device's namespace; it is killed at teardown.
 
         stdin/stdout are pipes (text, line buffered) and stderr is inherited unless given.
         """
-        options: dict[str, object] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
-                                      "text": True, "bufsize": 1}
+        options: dict[str, object] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "bufsize": 1}
         options.update(kwargs)
         process = subprocess.Popen(self.exec_args(device, *args), **options)  # type: ignore[call-overload]
         self.processes.append(process)

@@ -129,8 +129,7 @@ def start_pair(lan: NetnsLan, tmp: Path, owner: bytes | None = None) -> tuple[Lo
     kitchen_key = feed_key(tmp / "kitchen")
     feed_key(tmp / "hallway")
     (tmp / "kitchen.toml").write_text(
-        f'name = "kitchen"\nboard = "headless"\nstate_dir = "{tmp / "kitchen"}"\n'
-        'presets = ["Dinner is ready", "Yes"]\n'
+        f'name = "kitchen"\nboard = "headless"\nstate_dir = "{tmp / "kitchen"}"\npresets = ["Dinner is ready", "Yes"]\n'
     )
     (tmp / "hallway.toml").write_text(
         f'name = "hallway"\nboard = "oled-bonnet"\nstate_dir = "{tmp / "hallway"}"\n'

@@ -98,12 +98,18 @@ def test_browser_finds_announced_topic_with_address(lan: NetnsLan) -> None:
     writer = Agent(lan, "a", 40001)
     writer.announce(TOPIC_1, TOPIC_RAW)
     viewer = Agent(lan, "b", 40002)
-    seen = {viewer.wait_for("candidate", topic=TOPIC_1.hex())["host"],
-            viewer.wait_for("candidate", topic=TOPIC_RAW.hex())["host"]}
+    seen = {
+        viewer.wait_for("candidate", topic=TOPIC_1.hex())["host"],
+        viewer.wait_for("candidate", topic=TOPIC_RAW.hex())["host"],
+    }
     assert seen == {lan.addresses["a"]}
     peer = viewer.peers()[writer.name]
-    assert peer == {"name": writer.name, "addresses": [lan.addresses["a"]], "port": 40001,
-                    "topics": sorted([TOPIC_1.hex(), TOPIC_RAW.hex()])}
+    assert peer == {
+        "name": writer.name,
+        "addresses": [lan.addresses["a"]],
+        "port": 40001,
+        "topics": sorted([TOPIC_1.hex(), TOPIC_RAW.hex()]),
+    }
     # and the writer sees the viewer (which announces nothing yet), never itself
     peers = writer.wait_peers(lambda p: viewer.name in p)
     assert writer.name not in peers and peers[viewer.name]["topics"] == []

@@ -90,11 +90,25 @@ class SwarmAgent(JsonLinesAgent):
 
     timeout = WITHIN
 
-    def __init__(self, lan: NetnsLan, device: str, *, topics: tuple[bytes, ...] = (TOPIC,),
-                 mdns: bool = True, peers: tuple[tuple[str, int], ...] = (), idle: float = 20.0) -> None:
-        options = {"name": f"dev-{device}", "seed": seed(device).hex(), "port": PORT,
-                   "topics": [t.hex() for t in topics], "mdns": mdns,
-                   "peers": [list(p) for p in peers], "idle": idle}
+    def __init__(
+        self,
+        lan: NetnsLan,
+        device: str,
+        *,
+        topics: tuple[bytes, ...] = (TOPIC,),
+        mdns: bool = True,
+        peers: tuple[tuple[str, int], ...] = (),
+        idle: float = 20.0,
+    ) -> None:
+        options = {
+            "name": f"dev-{device}",
+            "seed": seed(device).hex(),
+            "port": PORT,
+            "topics": [t.hex() for t in topics],
+            "mdns": mdns,
+            "peers": [list(p) for p in peers],
+            "idle": idle,
+        }
         super().__init__(device, lan.python(device, "-c", AGENT, json.dumps(options)))
         self.key = self.wait_for("started", timeout=20)["key"]
 
@@ -173,8 +187,7 @@ def test_static_peers_without_mdns(lan: NetnsLan) -> None:
     settle(a, b, c, expected={a.key: {b.key}, b.key: {a.key}, c.key: set()})
     b.wait_for("message", remote=a.key, text="hello from dev-a")
     # and with mDNS off nothing was published: `hyperpi devices` in c sees no one
-    devices = lan.run("c", sys.executable, "-m", "hyperpi_host.cli", "devices",
-                      "--timeout", "1")
+    devices = lan.run("c", sys.executable, "-m", "hyperpi_host.cli", "devices", "--timeout", "1")
     assert "no hyperpi devices" in devices.stdout
 
 
@@ -225,11 +238,16 @@ asyncio.run(main(json.loads(sys.argv[1])))
 class FeedAgent(SwarmAgent):
     """A device in miniature: its own feed and the feeds of `follow`, replicated over a swarm."""
 
-    def __init__(self, lan: NetnsLan, device: str, store: Path, follow: tuple[str, ...],
-                 idle: float = 20.0) -> None:
+    def __init__(self, lan: NetnsLan, device: str, store: Path, follow: tuple[str, ...], idle: float = 20.0) -> None:
         self.device = device
-        options = {"name": device, "seed": seed(device).hex(), "store": str(store), "port": PORT,
-                   "follow": {other: seed(other).hex() for other in follow}, "idle": idle}
+        options = {
+            "name": device,
+            "seed": seed(device).hex(),
+            "store": str(store),
+            "port": PORT,
+            "follow": {other: seed(other).hex() for other in follow},
+            "idle": idle,
+        }
         self.process = lan.python(device, "-c", FEED_AGENT, json.dumps(options))
         self.events = []
         self.changed = threading.Condition()
@@ -268,14 +286,23 @@ class Lines:
 
 def test_chat_view_finds_the_writer_without_addresses(lan: NetnsLan, tmp_path: Path) -> None:
     hyperpi = (sys.executable, "-m", "hyperpi_host.cli", "chat")
-    writer = lan.popen("a", *hyperpi, "write", "--store", str(tmp_path / "writer"), "--nick", "ana",
-                       cwd=str(tmp_path))
+    writer = lan.popen("a", *hyperpi, "write", "--store", str(tmp_path / "writer"), "--nick", "ana", cwd=str(tmp_path))
     assert writer.stdin is not None
     key = Lines(writer.stdout).next(timeout=20).strip()
     writer.stdin.write("written before the viewer came\n")
     writer.stdin.flush()
-    viewer = lan.popen("b", *hyperpi, "view", key, "--store", str(tmp_path / "viewer"), "--json",
-                       "--exit-after", "2", cwd=str(tmp_path))
+    viewer = lan.popen(
+        "b",
+        *hyperpi,
+        "view",
+        key,
+        "--store",
+        str(tmp_path / "viewer"),
+        "--json",
+        "--exit-after",
+        "2",
+        cwd=str(tmp_path),
+    )
     shown = Lines(viewer.stdout)
     first = json.loads(shown.next())
     assert (first["text"], first["nick"]) == ("written before the viewer came", "ana")

@@ -1,4 +1,4 @@
-"""The static checks, run by `make test`: ruff lint over the tree, mypy on the sans-IO and
+"""The static checks, run by `make test`: ruff lint and format over the tree, mypy on the sans-IO and
 network layers, shellcheck on the shell scripts. Each fails with the tool's own report.
 
 Settings live in pyproject.toml ([tool.ruff], [tool.mypy]); ruff and mypy come with the `test`
@@ -32,6 +32,13 @@ def _shell_scripts() -> list[Path]:
 def test_ruff_lint() -> None:
     result = _run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."])
     assert result.returncode == 0, f"ruff check found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_ruff_format() -> None:
+    result = _run([sys.executable, "-m", "ruff", "format", "--no-cache", "--check", "."])
+    assert result.returncode == 0, (
+        f"ruff format would change these (run `ruff format .`):\n{result.stdout}{result.stderr}"
+    )
 
 
 def test_mypy() -> None:

@@ -25,9 +25,7 @@ def make_service(tmp_path: Path, board: str) -> tuple[DeviceService, Store]:
     config = DeviceConfig(name="kitchen", board=board, presets=("Hello!", "On my way", "Yes"))
     device = open_device(get_board(board), dummy=True)  # None for headless
     display = Display(device, min_interval=0) if device is not None else None
-    return DeviceService(
-        config, store, own, display=display, state_dir=tmp_path, clock=lambda: 1_700_000_000.0
-    ), store
+    return DeviceService(config, store, own, display=display, state_dir=tmp_path, clock=lambda: 1_700_000_000.0), store
 
 
 async def press(pin: object, hold: bool = False) -> None:

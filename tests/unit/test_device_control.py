@@ -56,9 +56,7 @@ def test_device_applies_control_entries(tmp_path: Path, caplog: pytest.LogCaptur
 
     # The device's copy of the control feed: the owner's entries, verified block by block as
     # replication would bring them (proof from the writer, verify_and_apply on the reader).
-    config = DeviceConfig(
-        name="kitchen", board="headless", owner=control.key, follows=(Follow("Bob", bob.key),)
-    )
+    config = DeviceConfig(name="kitchen", board="headless", owner=control.key, follows=(Follow("Bob", bob.key),))
     service = DeviceService(config, store, own, clock=lambda: NOW)
     device_copy = store._cores[control.key]
     changes: list[int] = []
@@ -84,23 +82,17 @@ def test_device_applies_control_entries(tmp_path: Path, caplog: pytest.LogCaptur
     assert changes == [4, 3]  # own, control, Bob, Ana; then Bob unfollowed: the swarm hears of both
     assert "control feed entry 1 skipped: entry is not JSON" in caplog.text
     assert [m.text for m in service.timeline.messages()] == ["hello from ana"]
-    assert caplog.records and any(
-        "message from Ana B.: hello from ana" in r.getMessage() for r in caplog.records
-    )
+    assert caplog.records and any("message from Ana B.: hello from ana" in r.getMessage() for r in caplog.records)
 
 
 def replicate(writer: Core, reader: Core) -> None:
     """Copy a writer's blocks to a reader the way the wire does: signed proofs, verified."""
     if reader.length < writer.length:
         upgrade = UpgradeRequest(reader.length, writer.length - reader.length)
-        reader.verify_and_apply(
-            writer.proof(ProofRequest(fork=0, upgrade=upgrade, manifest=reader.manifest is None))
-        )
+        reader.verify_and_apply(writer.proof(ProofRequest(fork=0, upgrade=upgrade, manifest=reader.manifest is None)))
     for i in range(writer.length):
         if not reader.has(i):
-            reader.verify_and_apply(
-                writer.proof(ProofRequest(fork=0, block=BlockRequest(i, reader.missing_nodes(i))))
-            )
+            reader.verify_and_apply(writer.proof(ProofRequest(fork=0, block=BlockRequest(i, reader.missing_nodes(i)))))
 
 
 logging.getLogger("hyperpi.device").setLevel(logging.INFO)

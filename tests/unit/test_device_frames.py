@@ -54,9 +54,7 @@ def scene_app() -> DeviceApp:
     tl = Timeline(OWN, seen={BOB: 1, ANA: 2}, clock=lambda: NOW)
     tl.names.update({ANA: "Ana", BOB: "Bob"})
     tl.update(
-        ListFeed(
-            ANA, [chat("Dinner at 7? Bring the 🍕 and something to drink, please", 3600), chat("ok 👍", 600)]
-        )
+        ListFeed(ANA, [chat("Dinner at 7? Bring the 🍕 and something to drink, please", 3600), chat("ok 👍", 600)])
     )
     tl.update(ListFeed(BOB, [chat(f"flood {i}", 300 - i) for i in range(8)]))
     tl.update(ListFeed(STRANGER, [b'{"kind":"note","v":1}']))

@@ -127,9 +127,7 @@ def test_board_names_the_profile_and_the_pi_model(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\0")
     (line,) = selfcheck.check_board(HAT, env(tmp_path, model_file=model))
-    assert line == CheckResult(
-        "board", True, f"display-hat-mini ({HAT.description}); Raspberry Pi 4 Model B Rev 1.4"
-    )
+    assert line == CheckResult("board", True, f"display-hat-mini ({HAT.description}); Raspberry Pi 4 Model B Rev 1.4")
     (line,) = selfcheck.check_board(HAT, env(tmp_path))
     assert line.ok and "(not a Raspberry Pi?)" in line.detail  # no model file is not a failure
 
@@ -201,9 +199,7 @@ def test_spi_failures(tmp_path: Path) -> None:
     dev = fake_dev(tmp_path, ["spidev0.1"])
     dead = SpiDev(fail=OSError(errno.ETIMEDOUT, "Connection timed out"))
     (line,) = selfcheck.check_spi(HAT, env(tmp_path, dev_root=dev, spi_opener=lambda p, d: dead))
-    assert line == CheckResult(
-        "spi", False, f"a 1-byte transfer on {dev}/spidev0.1 failed: Connection timed out"
-    )
+    assert line == CheckResult("spi", False, f"a 1-byte transfer on {dev}/spidev0.1 failed: Connection timed out")
     assert dead.closed
 
     def no_module(port: int, device: int) -> Any:
@@ -225,9 +221,7 @@ def test_i2c_no_answer_names_address_and_bus(tmp_path: Path, code: int) -> None:
     bus = SMBus(nack=code)
     (line,) = selfcheck.check_i2c(OLED, env(tmp_path, i2c_opener=lambda port: bus))
     assert not line.ok and bus.closed
-    assert line.detail.startswith(
-        "no device answers at 0x3c on /dev/i2c-1; check the bonnet is seated on pins 1-6"
-    )
+    assert line.detail.startswith("no device answers at 0x3c on /dev/i2c-1; check the bonnet is seated on pins 1-6")
 
 
 def test_i2c_bus_missing(tmp_path: Path) -> None:
@@ -256,9 +250,7 @@ def test_gpio_reports_the_factory_chip_and_revision(tmp_path: Path) -> None:
 
 def test_gpio_error_is_the_fail_line(tmp_path: Path) -> None:
     def no_chip() -> Any:
-        raise gpio.GpioError(
-            "/dev/gpiochip0 does not exist (not a Raspberry Pi, or the GPIO driver is not loaded)"
-        )
+        raise gpio.GpioError("/dev/gpiochip0 does not exist (not a Raspberry Pi, or the GPIO driver is not loaded)")
 
     lines, factory = selfcheck.check_gpio(env(tmp_path, factory_maker=no_chip))
     assert factory is None
@@ -277,9 +269,7 @@ def test_gpio_error_is_the_fail_line(tmp_path: Path) -> None:
 def test_buttons_released_at_idle() -> None:
     factory = MockFactory()
     try:
-        assert selfcheck.check_buttons(HAT, factory) == [
-            CheckResult("buttons", True, "A(5) B(6) X(16) Y(24) released")
-        ]
+        assert selfcheck.check_buttons(HAT, factory) == [CheckResult("buttons", True, "A(5) B(6) X(16) Y(24) released")]
         Button(5, pin_factory=factory).close()  # the check released its pins
     finally:
         factory.close()
@@ -306,9 +296,7 @@ def test_all_buttons_low_means_no_pull_ups() -> None:
             factory.pin(pin).held = True
         (line,) = selfcheck.check_buttons(HAT, factory)
         assert not line.ok
-        assert line.detail.startswith(
-            "all of A(5) B(6) X(16) Y(24) read pressed at idle: the pull-ups are not applied"
-        )
+        assert line.detail.startswith("all of A(5) B(6) X(16) Y(24) read pressed at idle: the pull-ups are not applied")
     finally:
         factory.close()
 
@@ -444,9 +432,7 @@ def good_hat(tmp_path: Path) -> Environment:
     )
 
 
-def test_a_good_display_hat_mini_passes_everything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_good_display_hat_mini_passes_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     made: list[Any] = []
 
     def factory_maker() -> Any:
@@ -480,16 +466,12 @@ def test_an_unexpected_error_is_a_fail_line_not_a_traceback(tmp_path: Path) -> N
 
     results = selfcheck.run_checks(config(mdns=True), HEADLESS, env(tmp_path, addresses=broken))
     by_item = {r.item: r for r in results}
-    assert by_item["network"] == CheckResult(
-        "network", False, "unexpected error: RuntimeError: netlink went away"
-    )
+    assert by_item["network"] == CheckResult("network", False, "unexpected error: RuntimeError: netlink went away")
     assert not by_item["mdns"].ok and [r.item for r in results][-1] == "clock"
 
 
 def test_format_results() -> None:
-    text = selfcheck.format_results(
-        [CheckResult("a", True, "fine"), CheckResult("bb", False, "broken; fix it")]
-    )
+    text = selfcheck.format_results([CheckResult("a", True, "fine"), CheckResult("bb", False, "broken; fix it")])
     assert text == "ok    a: fine\nFAIL  bb: broken; fix it\ncheck: 1 ok, 1 failed"
 
 

@@ -59,6 +59,7 @@ def greeter(name: str, inbox: list[tuple[str, bytes]]) -> Callable[[EncryptedCon
         await conn.send(name.encode())
         async for message in conn:
             inbox.append((name, message))
+
     return on_connection
 
 
@@ -73,8 +74,9 @@ def test_static_peers_dialling_each_other_end_with_one_shared_connection() -> No
             # both dial at once: a duplicate pair, resolved the same way on both sides
             a.add_peer("127.0.0.1", b.port)
             b.add_peer("127.0.0.1", a.port)
-            await wait_until(lambda: set(a.connections) == {b.keypair.public_key}
-                             and set(b.connections) == {a.keypair.public_key})
+            await wait_until(
+                lambda: set(a.connections) == {b.keypair.public_key} and set(b.connections) == {a.keypair.public_key}
+            )
             await asyncio.sleep(0.5)  # nothing may flap afterwards
             a_side = a.connections[b.keypair.public_key]
             b_side = b.connections[a.keypair.public_key]
@@ -136,16 +138,18 @@ def test_a_peer_reachable_at_two_addresses_gets_one_connection() -> None:
     async def scenario() -> None:
         b = Swarm(seeded("b"), 0, host="127.0.0.1", mdns=False)
         await b.start()
-        a = Swarm(seeded("a"), 0, host="127.0.0.1", mdns=False,
-                  peers=[("127.0.0.1", b.port), ("localhost", b.port)])  # two names, one peer
+        a = Swarm(
+            seeded("a"), 0, host="127.0.0.1", mdns=False, peers=[("127.0.0.1", b.port), ("localhost", b.port)]
+        )  # two names, one peer
         await a.start()
         try:
             await wait_until(lambda: b.keypair.public_key in a.connections)
             await asyncio.sleep(1.0)
             assert list(a.connections) == [b.keypair.public_key]
             assert list(b.connections) == [a.keypair.public_key]
-            assert a.connections[b.keypair.public_key].handshake_hash == \
-                b.connections[a.keypair.public_key].handshake_hash
+            assert (
+                a.connections[b.keypair.public_key].handshake_hash == b.connections[a.keypair.public_key].handshake_hash
+            )
             # the connection that survived stays: nothing flaps between the two addresses
             kept = a.connections[b.keypair.public_key]
             await asyncio.sleep(1.0)

@@ -33,24 +33,27 @@ def pi(tmp_path: Path) -> SystemView:
     return load("pi", tmp_path)
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("nvme0n1", "/dev/nvme0n1 is a fixed internal disk (not removable or hotplug)"),
-    ("nvme0n1p2", "/dev/nvme0n1p2 is a partition; give the whole disk, /dev/nvme0n1"),
-    ("sda1", "/dev/sda1 is a partition; give the whole disk, /dev/sda"),
-    ("sr0", "/dev/sr0 is an optical drive, not a whole removable disk"),
-    ("loop0", "/dev/loop0 is a loop device, not a whole removable disk"),
-    ("dm-1", "/dev/mapper/vg-root is an LVM volume, not a whole removable disk"),
-    ("sdx", "/dev/sdx is not a disk lsblk knows"),
-    ("sdb", "/dev/sdb holds the system's swap space (on /dev/sdb1)"),
-    # hotplug USB disk whose partition holds an LVM volume mounted on /var
-    ("sdc", "/dev/sdc holds the running system (/var is mounted from /dev/dm-3)"),
-    # RAID member: only sysfs holders (not lsblk) link sdd1 to md127, mounted on /srv
-    ("sdd", "/dev/sdd holds the running system (/srv is mounted from /dev/md127)"),
-    # btrfs: mountinfo has an anonymous 0:55 device number; the source names /dev/sdh1
-    ("sdh", "/dev/sdh holds the running system (/home is mounted from /dev/sdh1)"),
-    ("sde", "/dev/sde has no medium (size 0): insert the card"),
-    ("sdf", "/dev/sdf is read-only: slide the card's lock switch up"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("nvme0n1", "/dev/nvme0n1 is a fixed internal disk (not removable or hotplug)"),
+        ("nvme0n1p2", "/dev/nvme0n1p2 is a partition; give the whole disk, /dev/nvme0n1"),
+        ("sda1", "/dev/sda1 is a partition; give the whole disk, /dev/sda"),
+        ("sr0", "/dev/sr0 is an optical drive, not a whole removable disk"),
+        ("loop0", "/dev/loop0 is a loop device, not a whole removable disk"),
+        ("dm-1", "/dev/mapper/vg-root is an LVM volume, not a whole removable disk"),
+        ("sdx", "/dev/sdx is not a disk lsblk knows"),
+        ("sdb", "/dev/sdb holds the system's swap space (on /dev/sdb1)"),
+        # hotplug USB disk whose partition holds an LVM volume mounted on /var
+        ("sdc", "/dev/sdc holds the running system (/var is mounted from /dev/dm-3)"),
+        # RAID member: only sysfs holders (not lsblk) link sdd1 to md127, mounted on /srv
+        ("sdd", "/dev/sdd holds the running system (/srv is mounted from /dev/md127)"),
+        # btrfs: mountinfo has an anonymous 0:55 device number; the source names /dev/sdh1
+        ("sdh", "/dev/sdh holds the running system (/home is mounted from /dev/sdh1)"),
+        ("sde", "/dev/sde has no medium (size 0): insert the card"),
+        ("sdf", "/dev/sdf is read-only: slide the card's lock switch up"),
+    ],
+)
 def test_laptop_refusals(laptop: SystemView, name: str, reason: str) -> None:
     with pytest.raises(TargetRefused) as refused:
         inspect_target(name, laptop, image_size=2 << 30)
@@ -60,8 +63,11 @@ def test_laptop_refusals(laptop: SystemView, name: str, reason: str) -> None:
 
 
 def test_too_small(laptop: SystemView) -> None:
-    with pytest.raises(TargetRefused, match=r"^/dev/sdg is too small: 980.0 MiB \(1027604480 bytes\) "
-                                            r"for an image of 2.0 GiB"):
+    with pytest.raises(
+        TargetRefused,
+        match=r"^/dev/sdg is too small: 980.0 MiB \(1027604480 bytes\) "
+        r"for an image of 2.0 GiB",
+    ):
         inspect_target("sdg", laptop, image_size=2 << 30)
     assert inspect_target("sdg", laptop, image_size=1027604480).size == 1027604480
 
@@ -70,18 +76,26 @@ def test_mounted_card_lists_its_mounts(laptop: SystemView) -> None:
     with pytest.raises(TargetMounted) as mounted:
         inspect_target("sda", laptop, image_size=2 << 30)
     assert mounted.value.mounts == [("/dev/sda1", "/media/ana/bootfs"), ("/dev/sda2", "/media/ana/rootfs")]
-    assert str(mounted.value) == ("/dev/sda has mounted partitions: /dev/sda1 on /media/ana/bootfs, "
-                                  "/dev/sda2 on /media/ana/rootfs")
+    assert str(mounted.value) == (
+        "/dev/sda has mounted partitions: /dev/sda1 on /media/ana/bootfs, /dev/sda2 on /media/ana/rootfs"
+    )
 
 
 def test_mounted_card_once_unmounted_is_a_target(laptop: SystemView) -> None:
     laptop.mountinfo = "\n".join(line for line in laptop.mountinfo.splitlines() if "/media/ana" not in line)
     target = inspect_target("sda", laptop, image_size=2 << 30)
     assert (target.path, target.size, target.vendor, target.model, target.transport) == (
-        "/dev/sda", 31914983424, "Generic", "STORAGE DEVICE", "usb")
+        "/dev/sda",
+        31914983424,
+        "Generic",
+        "STORAGE DEVICE",
+        "usb",
+    )
     assert target.removable and target.hotplug
     assert [(p.path, p.fstype, p.label) for p in target.partitions] == [
-        ("/dev/sda1", "vfat", "bootfs"), ("/dev/sda2", "ext4", "rootfs")]
+        ("/dev/sda1", "vfat", "bootfs"),
+        ("/dev/sda2", "ext4", "rootfs"),
+    ]
     assert "Generic STORAGE DEVICE, 29.7 GiB (31914983424 bytes, USB, removable)" in target.describe()
 
 
@@ -92,8 +106,11 @@ def test_builtin_card_slot_is_hotplug_not_removable(laptop: SystemView) -> None:
 
 
 def test_pi_refuses_its_own_boot_card(pi: SystemView) -> None:
-    with pytest.raises(TargetRefused, match=r"^/dev/mmcblk0 holds the running system \(/ is mounted "
-                                            r"from /dev/mmcblk0p2\)"):
+    with pytest.raises(
+        TargetRefused,
+        match=r"^/dev/mmcblk0 holds the running system \(/ is mounted "
+        r"from /dev/mmcblk0p2\)",
+    ):
         inspect_target("mmcblk0", pi)
     assert inspect_target("sda", pi, image_size=4 << 30).path == "/dev/sda"
     with pytest.raises(TargetRefused, match="fixed internal disk"):
@@ -142,8 +159,7 @@ def test_recorded_vm_refuses_everything(tmp_path: Path) -> None:
 def test_live_snapshot_round_trips(tmp_path: Path) -> None:
     live = SystemView.read_live()
     recorded = SystemView.from_fixture(json.loads(json.dumps(blockdev.snapshot(live))), tmp_path)
-    assert [(p, r) for _, p, r in blockdev.list_disks(live)] == \
-           [(p, r) for _, p, r in blockdev.list_disks(recorded)]
+    assert [(p, r) for _, p, r in blockdev.list_disks(live)] == [(p, r) for _, p, r in blockdev.list_disks(recorded)]
 
 
 def test_device_name_checks_the_file_type(tmp_path: Path) -> None:

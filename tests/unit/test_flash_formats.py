@@ -57,8 +57,13 @@ def image(tmp_path: Path) -> tuple[Path, bytes]:
 def test_every_format_streams_the_same_bytes(tmp_path: Path, image: tuple[Path, bytes], kind: str) -> None:
     path, data = image
     packed = tmp_path / f"disk.{kind}"
-    writers = {"raw": lambda d: d, "xz": lzma.compress, "gzip": gzip.compress, "bzip2": bz2.compress,
-               "zstd": zstandard.ZstdCompressor().compress}
+    writers = {
+        "raw": lambda d: d,
+        "xz": lzma.compress,
+        "gzip": gzip.compress,
+        "bzip2": bz2.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+    }
     packed.write_bytes(writers[kind](data))
     with open_image(packed) as source:
         assert source.compression == kind
@@ -119,6 +124,7 @@ def test_pipe_source(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------- bmap
 
+
 def test_bmap_round_trip_and_matches_bmaptool(tmp_path: Path, image: tuple[Path, bytes]) -> None:
     path, data = image
     ours = tmp_path / "ours.bmap"
@@ -126,11 +132,11 @@ def test_bmap_round_trip_and_matches_bmaptool(tmp_path: Path, image: tuple[Path,
     parsed = read_bmap(ours)
     assert parsed.image_size == len(data) and parsed.block_size == 4096
     for r in parsed.ranges:
-        assert hashlib.sha256(data[r.start:r.end]).hexdigest() == r.checksum
+        assert hashlib.sha256(data[r.start : r.end]).hexdigest() == r.checksum
     # Everything outside the ranges is zero (holes).
     covered = bytearray(len(data))
     for r in parsed.ranges:
-        covered[r.start:r.end] = data[r.start:r.end]
+        covered[r.start : r.end] = data[r.start : r.end]
     assert bytes(covered) == data
     if shutil.which("bmaptool") is None:
         pytest.fail("bmaptool is missing: tests/system-deps.sh installs bmap-tools")
@@ -139,8 +145,7 @@ def test_bmap_round_trip_and_matches_bmaptool(tmp_path: Path, image: tuple[Path,
     assert read_bmap(theirs).ranges == parsed.ranges
     # ...and bmaptool accepts ours.
     out = tmp_path / "copy.img"
-    subprocess.run(["bmaptool", "copy", "--bmap", str(ours), str(path), str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(["bmaptool", "copy", "--bmap", str(ours), str(path), str(out)], check=True, capture_output=True)
     assert out.read_bytes() == data
 
 
@@ -181,10 +186,12 @@ def test_bmap_errors(tmp_path: Path, image: tuple[Path, bytes]) -> None:
 def test_bmap_format_1_with_sha1(tmp_path: Path) -> None:
     data = os.urandom(8192)
     ranges = f'<Range sha1="{hashlib.sha1(data).hexdigest()}"> 0-1 </Range>'
-    text = (f'<?xml version="1.0" ?>\n<bmap version="1.4"><ImageSize> 20480 </ImageSize>'
-            f"<BlockSize> 4096 </BlockSize><BlocksCount> 5 </BlocksCount>"
-            f"<MappedBlocksCount> 2 </MappedBlocksCount><BmapFileSHA1> {'0' * 40} </BmapFileSHA1>"
-            f"<BlockMap>{ranges}</BlockMap></bmap>")
+    text = (
+        f'<?xml version="1.0" ?>\n<bmap version="1.4"><ImageSize> 20480 </ImageSize>'
+        f"<BlockSize> 4096 </BlockSize><BlocksCount> 5 </BlocksCount>"
+        f"<MappedBlocksCount> 2 </MappedBlocksCount><BmapFileSHA1> {'0' * 40} </BmapFileSHA1>"
+        f"<BlockMap>{ranges}</BlockMap></bmap>"
+    )
     text = text.replace("0" * 40, hashlib.sha1(text.encode()).hexdigest())
     path = tmp_path / "old.bmap"
     path.write_text(text)
@@ -204,6 +211,7 @@ def test_find_bmap_beside_the_image(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- progress
+
 
 def test_progress_plain_lines_when_not_a_terminal() -> None:
     out = io.StringIO()

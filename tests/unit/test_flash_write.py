@@ -94,8 +94,16 @@ def _flash_file(image: Path, out: Path, bmap=None, after_write=None) -> None:
     fd, direct = open_target(str(out), is_block=False)
     try:
         with open_image(image) as source:
-            flash_image(source, fd, label=str(out), bmap=bmap, zero_skip=True, direct=direct,
-                        progress=False, after_write=after_write)
+            flash_image(
+                source,
+                fd,
+                label=str(out),
+                bmap=bmap,
+                zero_skip=True,
+                direct=direct,
+                progress=False,
+                after_write=after_write,
+            )
     finally:
         os.close(fd)
 
@@ -108,19 +116,23 @@ def test_first_mib_is_written_last(tmp_path: Path, image: tuple[Path, bytes]) ->
 
     def check() -> None:
         now = out.read_bytes()
-        seen["head"], seen["body"] = now[:MiB], now[3 * MiB: 5 * MiB]
+        seen["head"], seen["body"] = now[:MiB], now[3 * MiB : 5 * MiB]
 
     _flash_file(path, out, after_write=check)
     assert seen["head"] == bytes(MiB)  # while the rest was written, no partition table
-    assert seen["body"] == data[3 * MiB: 5 * MiB]
+    assert seen["body"] == data[3 * MiB : 5 * MiB]
     assert out.read_bytes() == data
 
 
-@pytest.mark.parametrize("kind, named", [("bmap", "bytes 3145728-5246975"),
-                                         ("bmap without checksums", "bytes 4194304-5246975"),
-                                         ("no bmap", "bytes 4194304-8388607")])
-def test_read_back_mismatch_names_the_range(tmp_path: Path, image: tuple[Path, bytes],
-                                            kind: str, named: str) -> None:
+@pytest.mark.parametrize(
+    "kind, named",
+    [
+        ("bmap", "bytes 3145728-5246975"),
+        ("bmap without checksums", "bytes 4194304-5246975"),
+        ("no bmap", "bytes 4194304-8388607"),
+    ],
+)
+def test_read_back_mismatch_names_the_range(tmp_path: Path, image: tuple[Path, bytes], kind: str, named: str) -> None:
     path, data = image
     bmap = None
     if kind != "no bmap":
@@ -139,8 +151,10 @@ def test_read_back_mismatch_names_the_range(tmp_path: Path, image: tuple[Path, b
 
     with pytest.raises(FlashError) as failed:
         _flash_file(path, out, bmap=bmap, after_write=damage)
-    assert str(failed.value) == (f"verify failed: {named} of {out} differ from the image (a faulty "
-                                 f"or fake card?); {out} was left invalid (first MiB zeroed)")
+    assert str(failed.value) == (
+        f"verify failed: {named} of {out} differ from the image (a faulty "
+        f"or fake card?); {out} was left invalid (first MiB zeroed)"
+    )
     assert out.read_bytes()[:MiB] == bytes(MiB)
 
 
@@ -167,8 +181,7 @@ def test_bmap_of_another_image(tmp_path: Path, image: tuple[Path, bytes]) -> Non
     write_bmap(other, tmp_path / "other.bmap")
     target = tmp_path / "o.img"
     target.write_bytes(b"kept")
-    code, err = run_cli(str(path), str(target), "--to-file", "--yes",
-                        "--bmap", str(tmp_path / "other.bmap"))
+    code, err = run_cli(str(path), str(target), "--to-file", "--yes", "--bmap", str(tmp_path / "other.bmap"))
     assert code == 1 and err.endswith("do not belong together\n")
     assert target.read_bytes() == b"kept"  # found before anything was written
 
@@ -212,8 +225,12 @@ def test_ctrl_c_leaves_an_invalid_card(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     out = tmp_path / "card.img"
     out.write_bytes(b"\x55" * (4 * MiB))  # an old card that looks valid
-    proc = subprocess.Popen([sys.executable, "-m", "hyperpi_host.cli", "flash", str(fifo), str(out),
-                             "--to-file", "--yes"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hyperpi_host.cli", "flash", str(fifo), str(out), "--to-file", "--yes"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     head = os.urandom(MiB)
     writer = open(fifo, "wb")
     try:
@@ -240,6 +257,8 @@ def test_list_shows_every_disk_with_a_verdict(capsys: pytest.CaptureFixture[str]
     assert cli.main(["flash", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # This machine's own disks are never offered; whatever it has, each line says why or what.
-    assert lines and all(line.startswith(("/dev/", "    /dev/", "not usable: /dev/", "usable once",
-                                          "no removable disk found")) for line in lines)
+    assert lines and all(
+        line.startswith(("/dev/", "    /dev/", "not usable: /dev/", "usable once", "no removable disk found"))
+        for line in lines
+    )
     assert not any(line.startswith("/dev/vda:") for line in lines)

@@ -209,8 +209,10 @@ def test_a_store_in_use_names_its_holder(hyperpi_home: Path, tmp_path: Path) -> 
         host.stdout.readline()
         second = run_hyperpi(hyperpi_home, "chat", "write", "--store", str(store), "--no-mdns", input="lost?\n")
         assert second.returncode == 1
-        assert second.stderr == (f"hyperpi: the store {store.resolve()} is in use by pid {writer.pid}: "
-                                 "hyperpi chat write; stop that command or wait for it to end\n")
+        assert second.stderr == (
+            f"hyperpi: the store {store.resolve()} is in use by pid {writer.pid}: "
+            "hyperpi chat write; stop that command or wait for it to end\n"
+        )
         viewer = run_hyperpi(hyperpi_home, "chat", "view", key, "--store", str(store), "--no-mdns")
         assert viewer.returncode == 1 and f"in use by pid {writer.pid}" in viewer.stderr
         # The host store too: `chat write --as` holds it, a key change waits its turn.

@@ -80,6 +80,7 @@ def test_devices_lists_and_shows_provisioned_devices(
     assert code == 0, err
     assert f"feed key:       {z32_encode(household['kitchen'].feed_key)}" in out
     from hyperpi_host import qr
+
     assert qr.read_keys(png) == [household["kitchen"].feed_key]
     code, out, err = run(capsys, "devices", "garage")
     assert code == 2 and "no device named 'garage'" in err and "known: hall, kitchen" in err
@@ -104,8 +105,10 @@ def test_pair_devices_with_each_other_by_name(household: dict, capsys: pytest.Ca
     assert "already follows this feed as hall; it will show it as Hallway" in out
     code, out, err = run(capsys, "pair", "list", "kitchen")
     rows = [line.split()[:3] for line in out.splitlines()[1:]]
-    assert rows == [["bea", z32_encode(keys.load_identity("bea").feed_key), "pending"],
-                    ["Hallway", z32_encode(hall), "pending"]]
+    assert rows == [
+        ["bea", z32_encode(keys.load_identity("bea").feed_key), "pending"],
+        ["Hallway", z32_encode(hall), "pending"],
+    ]
     # A bare key has no name to show: --name is asked for.
     code, out, err = run(capsys, "pair", "add", "kitchen", z32_encode(generate_keypair().public_key), "--timeout", "0")
     assert code == 2 and "give --name NAME" in err and err.count("\n") == 1
@@ -127,7 +130,10 @@ def provision_cli(capsys: pytest.CaptureFixture, image: Path, out: Path, *extra:
 
 
 def test_provision_names_resolve_and_image_is_private_with_a_bmap(
-    base_image: Path, hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+    base_image: Path,  # noqa: F811 (the fixture imported above)
+    hyperpi_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     keys.create_identity("ana", owner=True)
     keys.create_identity("bea")
@@ -142,6 +148,7 @@ def test_provision_names_resolve_and_image_is_private_with_a_bmap(
     bmap_file = tmp_path / "kitchen.img.bmap"
     assert stat.S_IMODE(bmap_file.stat().st_mode) == 0o600
     from hyperpi_host import bmap
+
     mapped = bmap.read_bmap(bmap_file)
     assert mapped.image_size == out.stat().st_size
     assert not list(tmp_path.glob("*.partial"))
@@ -153,14 +160,21 @@ def test_provision_names_resolve_and_image_is_private_with_a_bmap(
 
 
 def test_reprovisioning_a_device_refuses_then_moves_its_followers(
-    base_image: Path, hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+    base_image: Path,  # noqa: F811 (the fixture imported above)
+    hyperpi_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     keys.create_identity("ana", owner=True)
     first = tmp_path / "kitchen.img"
     assert provision_cli(capsys, base_image, first, "--device", "kitchen", "--owner", "ana")[0] == 0
     old = devices.load_device("kitchen").feed_key
-    assert provision_cli(capsys, base_image, tmp_path / "hall.img", "--device", "hall", "--owner", "ana",
-                         "--follow", "kitchen")[0] == 0
+    assert (
+        provision_cli(
+            capsys, base_image, tmp_path / "hall.img", "--device", "hall", "--owner", "ana", "--follow", "kitchen"
+        )[0]
+        == 0
+    )
     second = tmp_path / "kitchen2.img"
     code, out, err = provision_cli(capsys, base_image, second, "--device", "kitchen", "--owner", "ana")
     assert code == 2 and err.count("\n") == 1

@@ -30,9 +30,7 @@ def make_device(name: str, owner: str | None, tmp_path: Path) -> provision.Ident
 
 def copy_signed(writer: Core, reader: Core) -> None:
     """Give `reader` the writer's blocks as replication does: signed proofs, verified."""
-    reader.verify_and_apply(
-        writer.proof(ProofRequest(fork=0, upgrade=UpgradeRequest(0, writer.length), manifest=True))
-    )
+    reader.verify_and_apply(writer.proof(ProofRequest(fork=0, upgrade=UpgradeRequest(0, writer.length), manifest=True)))
     for i in range(writer.length):
         reader.verify_and_apply(writer.proof(ProofRequest(fork=0, block=BlockRequest(i, reader.missing_nodes(i)))))
 

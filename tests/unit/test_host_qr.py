@@ -64,9 +64,7 @@ def test_terminal_rendering_decodes(key: bytes, style: str, drawn_is_dark: bool)
     assert decode(rasterise(text, drawn_is_dark)) == [qr_payload(key)]
 
 
-def test_qr_name_png_decodes_to_the_key(
-    hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_qr_name_png_decodes_to_the_key(hyperpi_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run(capsys, "keys", "new", "kitchen")
     feed = keys.load_identity("kitchen").feed_key
     png = tmp_path / "f.png"
@@ -88,9 +86,7 @@ def test_keys_show_png_matches_qr(hyperpi_home: Path, tmp_path: Path, capsys: py
         assert decode(image) == [qr_payload(keys.load_identity("kitchen").feed_key)]
 
 
-def test_every_key_form_gives_the_same_code(
-    hyperpi_home: Path, key: bytes, capsys: pytest.CaptureFixture
-) -> None:
+def test_every_key_form_gives_the_same_code(hyperpi_home: Path, key: bytes, capsys: pytest.CaptureFixture) -> None:
     outputs = set()
     for text in (z32_encode(key), key.hex(), key.hex().upper(), qr_payload(key), qr_payload(key).lower()):
         code, out, _ = run(capsys, "qr", text, "--style", "dark")

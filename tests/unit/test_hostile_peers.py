@@ -239,8 +239,14 @@ def test_strangers_are_evicted_at_the_connection_cap_and_a_peer_sharing_a_feed_i
         )
         await swarm.start()
         reader = Core.open(Store(tmp_path / "r"), writer.key)
-        honest = Swarm(keypair(), 0, host="127.0.0.1", mdns=False, peers=[("127.0.0.1", swarm.port)],
-                       on_connection=lambda c: replicate(c, CoreSet(reader.store, [reader])))
+        honest = Swarm(
+            keypair(),
+            0,
+            host="127.0.0.1",
+            mdns=False,
+            peers=[("127.0.0.1", swarm.port)],
+            on_connection=lambda c: replicate(c, CoreSet(reader.store, [reader])),
+        )
         strangers: list[ns.EncryptedConnection | None] = []
         tasks = []
         try:
@@ -293,8 +299,13 @@ asyncio.run(main())
 
 def test_a_connection_flood_at_a_low_fd_limit_never_exhausts_fds(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "firmware"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVER), str(tmp_path / "w")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SERVER), str(tmp_path / "w")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         port_text, key_hex, cap_text = proc.stdout.readline().split()
@@ -307,8 +318,14 @@ def test_a_connection_flood_at_a_low_fd_limit_never_exhausts_fds(tmp_path: Path)
                 flood.append(await asyncio.open_connection("127.0.0.1", port))
             strangers = [await ns.open_connection("127.0.0.1", port, keypair()) for _ in range(60)]
             reader = Core.open(Store(tmp_path / "r"), bytes.fromhex(key_hex))
-            honest = Swarm(keypair(), 0, host="127.0.0.1", mdns=False, peers=[("127.0.0.1", port)],
-                           on_connection=lambda c: replicate(c, CoreSet(reader.store, [reader])))
+            honest = Swarm(
+                keypair(),
+                0,
+                host="127.0.0.1",
+                mdns=False,
+                peers=[("127.0.0.1", port)],
+                on_connection=lambda c: replicate(c, CoreSet(reader.store, [reader])),
+            )
             await honest.start()
             try:
                 await wait_until(lambda: reader.contiguous_length == 10, timeout=20)

@@ -55,6 +55,7 @@ def test_incremental_append_equals_rebuilding(blocks, data):
     cut = data.draw(st.integers(min_value=0, max_value=len(blocks)))
     roots, _ = append_leaves([], 0, blocks[:cut])
     roots, _ = append_leaves(roots, cut, blocks[cut:])
+
     # Rebuild each root from its leaves, the slow obvious way.
     def build(i):
         kids = flat_tree.children(i)
@@ -75,9 +76,7 @@ def test_key_text_forms_round_trip(key):
     assert set(qr_payload(key)) <= set("HYPERPI:ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
 
-@pytest.mark.parametrize(
-    "text", ["", "hello", "0" * 63, "g" * 64, "HYPERPI:!!!", "HYPERPI:AAAA", "l" * 52, "y" * 51]
-)
+@pytest.mark.parametrize("text", ["", "hello", "0" * 63, "g" * 64, "HYPERPI:!!!", "HYPERPI:AAAA", "l" * 52, "y" * 51])
 def test_bad_key_text_is_a_value_error(text):
     with pytest.raises(ValueError):
         parse_key(text)

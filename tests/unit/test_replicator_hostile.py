@@ -387,8 +387,14 @@ def test_floods_of_wants_and_requests_get_answers_no_bigger_than_a_proof_each(tm
         rep.receive(frame)
     out = drain(rep)
     assert sum(map(len, out)) < MAX_REMOTE_REQUESTS * 64  # a few bytes per answer: no amplification
-    nodata = [m for f in out for e in remote.mux.receive(f) if isinstance(e, ChannelMessage)
-              for m in [decode_message(e.type, e.payload)] if isinstance(m, (NoData, Data))]
+    nodata = [
+        m
+        for f in out
+        for e in remote.mux.receive(f)
+        if isinstance(e, ChannelMessage)
+        for m in [decode_message(e.type, e.payload)]
+        if isinstance(m, (NoData, Data))
+    ]
     assert len(nodata) == MAX_REMOTE_REQUESTS  # every request answered once
 
 

@@ -38,9 +38,7 @@ def test_sigkill_during_appends_never_tears_or_loses_acked_state(tmp_path):
     last_acked = 0
     lengths = []
     for _ in range(KILLS):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, env=os.environ
-        )
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, env=os.environ)
         ready = child.stdout.readline().split()
         assert ready[0] == b"ready", ready
         assert int(ready[1]) >= last_acked

@@ -14,6 +14,8 @@ import sys
 # BLAKE2b and SHA-512, the only hashes the firmware uses. Together they would map OpenSSL's
 # libcrypto and libssl: ~4.5 MB of RSS against the service's 40 MB budget (README "The device", memory).
 WITHOUT_MODULES = ("ssl", "_hashlib")
+# The `device` extra's top-level modules (pyproject.toml), which a host-only install lacks.
+DEVICE_PACKAGES = ("PIL", "segno", "gpiozero", "luma")
 
 
 def without_openssl() -> None:
@@ -26,6 +28,11 @@ def without_openssl() -> None:
 def service_main() -> int:
     """`hyperpi-device`: the service process (see `main.main`)."""
     without_openssl()
-    from .main import main
-
+    try:
+        from .main import main
+    except ModuleNotFoundError as e:  # a host-only install (hyperpi[host]) has no screen or GPIO packages
+        if (e.name or "").split(".")[0] not in DEVICE_PACKAGES:
+            raise
+        print(f"hyperpi-device: needs the {e.name} package: pip install 'hyperpi[device]'", file=sys.stderr)
+        return 1
     return main()

@@ -108,9 +108,7 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
             raise fail(f"follow[{i}]", "must have only 'name' and 'key'")
         fname = f.get("name")
         if not isinstance(fname, str) or not fname.strip() or len(fname) > MAX_NAME_CHARS:
-            raise fail(
-                f"follow[{i}].name", f"must be a non-empty string of at most {MAX_NAME_CHARS} characters"
-            )
+            raise fail(f"follow[{i}].name", f"must be a non-empty string of at most {MAX_NAME_CHARS} characters")
         follows.append(Follow(fname, _key(f.get("key"), f"follow[{i}].key", fail)))
 
     owner = data.get("owner")
@@ -150,9 +148,7 @@ def parse_config(data: dict[str, Any], source: Path) -> DeviceConfig:
         raise fail("buttons", "must be a table of button name = BCM pin")
     for bname, pin in buttons.items():
         if bname not in names:
-            raise fail(
-                f"buttons.{bname}", f"board {board} has no such button (it has {', '.join(sorted(names))})"
-            )
+            raise fail(f"buttons.{bname}", f"board {board} has no such button (it has {', '.join(sorted(names))})")
         if not isinstance(pin, int) or isinstance(pin, bool) or not 0 <= pin <= 27:
             raise fail(f"buttons.{bname}", "must be a BCM GPIO number from 0 to 27")
 

@@ -56,9 +56,7 @@ def parse_entry(block: bytes) -> ControlEntry:
             or not 1 <= len(presets) <= MAX_PRESETS
             or not all(isinstance(p, str) and p.strip() and len(p) <= MAX_PRESET_CHARS for p in presets)
         ):
-            raise ValueError(
-                f"presets must be 1 to {MAX_PRESETS} strings of 1 to {MAX_PRESET_CHARS} characters"
-            )
+            raise ValueError(f"presets must be 1 to {MAX_PRESETS} strings of 1 to {MAX_PRESET_CHARS} characters")
         return ControlEntry(kind, presets=tuple(p.strip() for p in presets), device=device)
     key = _key(value, "key") if kind != "rename" or "key" in value else None
     if kind == "unfollow":

@@ -50,9 +50,7 @@ class GpioOutputs:
         from gpiozero import DigitalOutputDevice
 
         if pin not in self.outputs:
-            self.outputs[pin] = DigitalOutputDevice(
-                pin, initial_value=bool(initial), pin_factory=self._pin_factory
-            )
+            self.outputs[pin] = DigitalOutputDevice(pin, initial_value=bool(initial), pin_factory=self._pin_factory)
 
     def output(self, pin: int, value: int) -> None:
         self.outputs[pin].value = bool(value)

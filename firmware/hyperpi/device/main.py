@@ -79,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("HYPERPI_DEVICE_CONFIG", DEFAULT_CONFIG)),
         help=f"settings file (default {DEFAULT_CONFIG})",
     )
-    p.add_argument(
-        "--state-dir", type=Path, help="where feeds and secrets live (default: the config's state_dir)"
-    )
+    p.add_argument("--state-dir", type=Path, help="where feeds and secrets live (default: the config's state_dir)")
     p.add_argument(
         "--simulate",
         action="store_true",
@@ -100,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="test the board's devices, GPIO, buttons, screen, network and clock, then exit",
     )
     p.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="least severe log lines shown (default INFO)",
     )
     from hyperpi import __version__

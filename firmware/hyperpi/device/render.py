@@ -127,9 +127,7 @@ class _Style:
     colour: bool
     dy: int = 0  # where a row's text is drawn relative to the row's top
 
-    def text(
-        self, draw: ImageDraw.ImageDraw, x: float, y: int, text: str, fill: object, bold: bool = False
-    ) -> None:
+    def text(self, draw: ImageDraw.ImageDraw, x: float, y: int, text: str, fill: object, bold: bool = False) -> None:
         draw.text((x, y + self.dy), text, font=self.bold if bold else self.font, fill=fill)
 
 
@@ -281,9 +279,7 @@ def _message_rows(line: Line, screen: Screen, cols: int) -> list[tuple[str, int]
     tick = f" v{line.delivered}" if line.delivered else ""  # 'v' cell is drawn over as a tick
     header = f"{drawable(line.sender, screen)} {line.age}{tick}"
     body = drawable(line.text, screen)
-    wrapped = textwrap.wrap(f"{header} {body}", cols, break_long_words=True, break_on_hyphens=False) or [
-        header
-    ]
+    wrapped = textwrap.wrap(f"{header} {body}", cols, break_long_words=True, break_on_hyphens=False) or [header]
     rows, left = [], len(header)
     for w in wrapped:
         rows.append((w, max(0, min(left, len(w)))))
@@ -302,9 +298,7 @@ def _draw_row(draw: ImageDraw.ImageDraw, st: _Style, row: tuple[str, int], y: in
     header, body = text[:header_len], text[header_len:]
     if header:
         sender_len = min(len(header), len(line.sender))
-        colour = (
-            PALETTE["own"] if line.own else SENDER_COLOURS[zlib.crc32(line.sender_key) % len(SENDER_COLOURS)]
-        )
+        colour = PALETTE["own"] if line.own else SENDER_COLOURS[zlib.crc32(line.sender_key) % len(SENDER_COLOURS)]
         st.text(draw, x0, y, header[:sender_len], colour if st.colour else 1, bold=True)
         rest = header[sender_len:]
         tick_at = rest.find(" v") if line.delivered else -1
@@ -368,7 +362,5 @@ def render_pairing(screen: Screen, key: bytes, name: str = "") -> Image.Image:
             wrapped[-1] = wrapped[-1][:-1] + "~"
         ty = by0 + max(0, (by1 - by0 - len(wrapped) * st.line) // 2)
         for i, row_text in enumerate(wrapped):
-            st.text(
-                draw, bx0 + (bx1 - bx0 - len(row_text) * st.advance) // 2, ty + i * st.line, row_text, ink
-            )
+            st.text(draw, bx0 + (bx1 - bx0 - len(row_text) * st.advance) // 2, ty + i * st.line, row_text, ink)
     return img

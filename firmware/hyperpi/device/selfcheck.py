@@ -121,9 +121,7 @@ class Node:
 def needed_nodes(board: Board) -> list[Node]:
     nodes = []
     if board.buttons:
-        nodes.append(
-            Node("gpiochip0", "gpio", "this is not a Raspberry Pi, or its GPIO driver is not loaded")
-        )
+        nodes.append(Node("gpiochip0", "gpio", "this is not a Raspberry Pi, or its GPIO driver is not loaded"))
     spec = board.display
     if spec is not None and spec.driver == "st7789":
         nodes.append(Node(f"spidev{spec.spi_port}.{spec.spi_device}", "spi", OVERLAY_FIX))
@@ -257,9 +255,7 @@ def check_i2c(board: Board, env: Environment) -> list[CheckResult]:
         return [CheckResult("i2c", False, f"/dev/i2c-{spec.i2c_port} missing; {I2C_FIX}")]
     except PermissionError:
         return [
-            CheckResult(
-                "i2c", False, f"/dev/i2c-{spec.i2c_port}: permission denied; {_access_fix('i2c', env.user)}"
-            )
+            CheckResult("i2c", False, f"/dev/i2c-{spec.i2c_port}: permission denied; {_access_fix('i2c', env.user)}")
         ]
     except OSError as e:
         return [CheckResult("i2c", False, f"cannot open /dev/i2c-{spec.i2c_port}: {e.strerror or e}")]
@@ -302,9 +298,7 @@ def check_gpio(env: Environment) -> tuple[list[CheckResult], Any]:
     except gpio.GpioError as e:
         return [CheckResult("gpio", False, f"{_gpiozero_class(factory)} {where}, but {e}")], factory
     return [
-        CheckResult(
-            "gpio", True, f"{_gpiozero_class(factory)} {where}; board revision {code:06x} from {source}"
-        )
+        CheckResult("gpio", True, f"{_gpiozero_class(factory)} {where}; board revision {code:06x} from {source}")
     ], factory
 
 
@@ -322,11 +316,7 @@ def check_buttons(board: Board, factory: Any) -> list[CheckResult]:
                 button = make_button(spec, factory)
             except Exception as e:  # noqa: BLE001 - lgpio's busy pin, gpiozero's invalid pin: one line
                 hint = BUSY_HINT if "busy" in str(e).lower() else ""
-                return [
-                    CheckResult(
-                        "buttons", False, f"cannot use GPIO {spec.pin} for button {spec.name}: {e}{hint}"
-                    )
-                ]
+                return [CheckResult("buttons", False, f"cannot use GPIO {spec.pin} for button {spec.name}: {e}{hint}")]
             buttons.append(button)
             time.sleep(SETTLE_SECONDS)
             if button.is_pressed:
@@ -455,9 +445,7 @@ def check_mdns(config: DeviceConfig, env: Environment) -> list[CheckResult]:
             membership = socket.inet_aton(MDNS_GROUP) + socket.inet_aton(addr)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
         except OSError as e:
-            return [
-                CheckResult("mdns", False, f"cannot join {MDNS_GROUP} on {name} {addr}: {e.strerror or e}")
-            ]
+            return [CheckResult("mdns", False, f"cannot join {MDNS_GROUP} on {name} {addr}: {e.strerror or e}")]
     return [CheckResult("mdns", True, f"UDP {env.mdns_port} bound, joined {MDNS_GROUP} on {name} {addr}")]
 
 
@@ -537,9 +525,7 @@ def startup_summary(
     for node in needed_nodes(board):
         state, _ = _node_state(node, env)
         healthy &= state == "ok"
-        parts.append(
-            f"{env.dev_root / node.name} {state}" + (f" (group {node.group})" if state == "ok" else "")
-        )
+        parts.append(f"{env.dev_root / node.name} {state}" + (f" (group {node.group})" if state == "ok" else ""))
     parts.append(f"gpio: {_gpiozero_class(factory)}" if factory is not None else "gpio: none")
     spec = board.display
     if spec is None:
@@ -551,9 +537,7 @@ def startup_summary(
     if board.buttons:
         parts.append(f"buttons: {len(board.buttons)}" if buttons_ok else "buttons: none")
         healthy &= buttons_ok and factory is not None
-    return (
-        "hardware: " + "; ".join(parts) + ("" if healthy else "; `hyperpi-device --check` says what to fix")
-    )
+    return "hardware: " + "; ".join(parts) + ("" if healthy else "; `hyperpi-device --check` says what to fix")
 
 
 def main(config: DeviceConfig, board: Board, env: Environment | None = None) -> int:

@@ -218,9 +218,7 @@ class DeviceService:
             return Core.open(self.store, key)
 
     def _watch(self, core: Core) -> None:
-        self._unsubscribe[core.key] = core.subscribe(
-            lambda event, key=core.key: self._on_core_event(key, event)
-        )
+        self._unsubscribe[core.key] = core.subscribe(lambda event, key=core.key: self._on_core_event(key, event))
         self._read(core.key)
 
     def _on_core_event(self, key: bytes, event: CoreEvent) -> None:

@@ -111,9 +111,7 @@ def _decode(data: bytes) -> tuple[str, int | None, str]:
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         # A chat block ({"type": "chat", "text", "time", "nick"}), or anything with a text field; extra fields ignored.
         claimed = value.get("time")
-        claimed = (
-            claimed if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0 else None
-        )
+        claimed = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0 else None
         nick = value.get("nick")
         return (
             sanitize(value["text"]),
@@ -227,9 +225,7 @@ class Timeline:
         # Counted from the read and seen positions, not the messages in memory: a feed with
         # more unread messages than HISTORY_PER_FEED must not show a count stuck at that cap.
         return sum(
-            max(0, read_to - self._seen.get(key, 0))
-            for key, read_to in self._read_to.items()
-            if key != self.own_key
+            max(0, read_to - self._seen.get(key, 0)) for key, read_to in self._read_to.items() if key != self.own_key
         )
 
     def mark_read(self) -> bool:

@@ -109,9 +109,7 @@ class Core:
         if core is None:
             try:
                 with store.transaction():
-                    store.db.execute(
-                        "INSERT OR IGNORE INTO cores (key, manifest) VALUES (?, ?)", (key, manifest)
-                    )
+                    store.db.execute("INSERT OR IGNORE INTO cores (key, manifest) VALUES (?, ?)", (key, manifest))
                     if manifest is not None:
                         store.db.execute(
                             "UPDATE cores SET manifest=? WHERE key=? AND manifest IS NULL", (manifest, key)
@@ -133,9 +131,7 @@ class Core:
             # Signing with a damaged key would store signatures nobody can verify.
             raise CorruptStore(f"secret key file {self.store.secret_key_path(self.key)} is damaged")
         if self.key not in (public_key, core_key(public_key)):
-            raise CorruptStore(
-                f"secret key file {self.store.secret_key_path(self.key)} belongs to another core"
-            )
+            raise CorruptStore(f"secret key file {self.store.secret_key_path(self.key)} belongs to another core")
         if self._manifest is not None and self._manifest.signers[0].public_key != public_key:
             raise CorruptStore(f"the secret key does not match the manifest of core {self.key.hex()}")
         if self.manifest is None:

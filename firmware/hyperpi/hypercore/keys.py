@@ -289,8 +289,7 @@ def parse_key(text: str) -> bytes:
             raise ValueError(f"not a z-base-32 key: {error}") from None
     else:
         raise ValueError(
-            f"not a key: expected 52 z-base-32 characters, 64 hex digits or {QR_PREFIX}..., "
-            f"got {len(t)} characters"
+            f"not a key: expected 52 z-base-32 characters, 64 hex digits or {QR_PREFIX}..., got {len(t)} characters"
         )
     if len(key) != KEY_BYTES:
         raise ValueError(f"a key must be {KEY_BYTES} bytes, this one has {len(key)}")

@@ -32,9 +32,7 @@ def leaf_node(block_index: int, block: bytes) -> TreeNode:
 def parent_node(index: int, left: TreeNode, right: TreeNode) -> TreeNode:
     """The node over two children; `left` must be the child with the smaller index."""
     size = left.size + right.size
-    h = blake2b(
-        _PARENT + size.to_bytes(8, "little") + left.hash + right.hash, digest_size=32
-    ).digest()
+    h = blake2b(_PARENT + size.to_bytes(8, "little") + left.hash + right.hash, digest_size=32).digest()
     return TreeNode(index, size, h)
 
 
@@ -61,9 +59,7 @@ def append_leaves(
     n = first_block
     for block in blocks:
         size = len(block)
-        node = TreeNode(
-            2 * n, size, blake2b(_LEAF + size.to_bytes(8, "little") + block, digest_size=32).digest()
-        )
+        node = TreeNode(2 * n, size, blake2b(_LEAF + size.to_bytes(8, "little") + block, digest_size=32).digest())
         append(node)
         merges = ((n + 1) & -(n + 1)).bit_length() - 1
         for d in range(1, merges + 1):
@@ -72,9 +68,7 @@ def append_leaves(
             node = TreeNode(
                 (((n >> d) << 1 | 1) << d) - 1,
                 size,
-                blake2b(
-                    _PARENT + size.to_bytes(8, "little") + left.hash + node.hash, digest_size=32
-                ).digest(),
+                blake2b(_PARENT + size.to_bytes(8, "little") + left.hash + node.hash, digest_size=32).digest(),
             )
             append(node)
         roots.append(node)
@@ -130,9 +124,7 @@ def ed25519_verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-def sign_tree(
-    secret_key: bytes, key: bytes, compat: bool, tree_hash_: bytes, length: int, fork: int
-) -> bytes:
+def sign_tree(secret_key: bytes, key: bytes, compat: bool, tree_hash_: bytes, length: int, fork: int) -> bytes:
     """The signature bytes a writer stores and sends for (tree hash, length, fork)."""
     if compat:
         return ed25519_sign(secret_key, signable_compat(tree_hash_, length, fork))

@@ -148,9 +148,7 @@ def generate_proof(
         block=BlockProof(req.block.index, value, block_nodes or []) if req.block and value is not None else None,
         hash=HashProof(req.hash.index, block_nodes or []) if req.hash else None,
         upgrade=(
-            UpgradeProof(upgrade.start, upgrade.length, upgrade_nodes, additional, signature)
-            if upgrade
-            else None
+            UpgradeProof(upgrade.start, upgrade.length, upgrade_nodes, additional, signature) if upgrade else None
         ),
         manifest=attach,
     )
@@ -277,9 +275,7 @@ def verify_proof(
             used.add(index)
             return supplied[index]
         kids = flat_tree.children(index)
-        if kids is None or depth > MAX_PROOF_DEPTH or not any(
-            flat_tree.contains(index, s) for s in sources
-        ):
+        if kids is None or depth > MAX_PROOF_DEPTH or not any(flat_tree.contains(index, s) for s in sources):
             raise VerificationError(f"the proof lacks node {index}")
         node = parent_node(index, resolve(kids[0], depth + 1), resolve(kids[1], depth + 1))
         computed[index] = node

@@ -143,8 +143,7 @@ class Store:
                     self.db.execute("DELETE FROM blocks WHERE core=?", row)
                     self.db.execute("DELETE FROM nodes WHERE core=?", row)
                     self.db.execute(
-                        "UPDATE cores SET manifest=NULL, length=0, fork=0, byte_length=0, signature=NULL"
-                        " WHERE id=?",
+                        "UPDATE cores SET manifest=NULL, length=0, fork=0, byte_length=0, signature=NULL WHERE id=?",
                         row,
                     )
         except sqlite3.DatabaseError as error:

@@ -13,7 +13,7 @@ def parse_address(text: str, *, any_port: bool = False) -> Address:
     """`HOST:PORT` (or `[IPv6]:PORT`) as a (host, port) pair. With `any_port`, port 0 (any free
     port, for listening) is allowed. ValueError, one line, says what is wrong."""
     example = f"for example 192.168.1.23:{DEFAULT_PORT}"
-    shown = repr(text[:MAX_HOST_CHARS + 8])
+    shown = repr(text[: MAX_HOST_CHARS + 8])
     host, sep, port_text = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
     if not sep:

@@ -174,9 +174,7 @@ class Discovery:
         every_interface = interfaces is InterfaceChoice.All
         self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
         # Browse first: existing peers answer our query while we are still probing our name.
-        self._browser = AsyncServiceBrowser(
-            self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
-        )
+        self._browser = AsyncServiceBrowser(self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change])
         if self.port is not None:
             async with self._lock:
                 self._info = self._service_info()
@@ -245,12 +243,7 @@ class Discovery:
 
     def candidates(self, topic: bytes) -> list[tuple[str, int]]:
         """(host, port) pairs of the peers that announce `topic`."""
-        return [
-            endpoint
-            for peer in self.peers()
-            if topic in peer.topics
-            for endpoint in peer.endpoints()
-        ]
+        return [endpoint for peer in self.peers() if topic in peer.topics for endpoint in peer.endpoints()]
 
     # -- internals -------------------------------------------------------------------
 

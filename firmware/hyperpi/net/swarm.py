@@ -325,9 +325,7 @@ class Swarm:
             return False
         if address in self._static:
             return True
-        return self.discovery is not None and any(
-            address in self.discovery.candidates(topic) for topic in self._topics
-        )
+        return self.discovery is not None and any(address in self.discovery.candidates(topic) for topic in self._topics)
 
     def _dial(self, address: Address) -> None:
         """Make sure one dial loop runs for this address."""

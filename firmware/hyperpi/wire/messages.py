@@ -52,8 +52,6 @@ from .encoding import (
 PROTOCOL = "hypercore/alpha"
 
 
-
-
 def capability(handshake_hash: bytes, key: bytes, is_initiator: bool) -> bytes:
     """Proof of knowing the core key on this connection (7.1).
 
