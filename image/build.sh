@@ -152,9 +152,10 @@ install_hyperpi() {
     local clean_env=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root LANG=C.UTF-8
                      "PIP_CERT=$ca" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 PIP_NO_CACHE_DIR=1)
     chroot "$rootfs" "${clean_env[@]}" python3 -m venv --system-site-packages "$VENV"
-    # --find-links: the lgpio wheel built with the Debian layer (hooks/lgpio-wheel.sh).
+    # --find-links: the lgpio wheel built with the Debian layer (hooks/lgpio-wheel.sh). The `device`
+    # extra only: the host tool's QR reader and zstd support stay off the card (pyproject.toml).
     chroot "$rootfs" "${clean_env[@]}" "$VENV/bin/pip" install --quiet --find-links /opt/hyperpi/wheels \
-        "/tmp/$(basename "$wheel")"
+        "/tmp/$(basename "$wheel")[device]"
     chroot "$rootfs" "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("lgpio") >= "0.2.2"' \
         || die "the image's venv has no working lgpio >= 0.2.2"
     rm -f "$resolv" "$rootfs$ca" "$rootfs/tmp/$(basename "$wheel")"
