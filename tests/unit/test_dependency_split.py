@@ -46,3 +46,21 @@ def test_the_extras_split_host_and_device_packages() -> None:
     assert not {"gpiozero", "lgpio", "luma.core"} & names["host"]
     assert not {"zxing-cpp", "zstandard"} & names["device"]
     assert not {"gpiozero", "zxing-cpp", "zstandard", "luma.core"} & {r.split(">")[0] for r in project["dependencies"]}
+
+
+def test_a_zstd_image_without_zstandard_is_one_clear_error(tmp_path: Path) -> None:
+    image = tmp_path / "card.img.zst"
+    image.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(60))  # zstd's magic number, then anything
+    code = BLOCK.format(names=["zstandard"]) + (
+        "from hyperpi_host.imagefile import ImageError, open_image\n"
+        "try:\n"
+        f"    open_image({str(image)!r})\n"
+        "except ImageError as e:\n"
+        "    print(e)\n"
+    )
+    done = run(code)
+    assert done.stderr == ""
+    assert done.stdout == (
+        f"{image} is zstd-compressed and the zstandard module is missing: "
+        "pip install 'hyperpi[host]', or decompress it first (unzstd)\n"
+    )
