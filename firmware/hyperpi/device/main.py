@@ -46,6 +46,7 @@ from hyperpi.hypercore import (
     Store,
     core_key,
     generate_keypair,
+    z32_encode,
 )
 from hyperpi.hypercore.secret_files import read_secret, write_atomic
 from hyperpi.hypercore.storage import set_aside
@@ -263,7 +264,7 @@ async def run(
     )
     if repaired or cleared:
         service.app.notice = "store repaired"
-    log.info("device %s (%s), feed %s", config.name, board.name, own.key.hex())
+    log.info("device %s (%s), feed %s", config.name, board.name, z32_encode(own.key))
 
     buttons = None
     if factory is not None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hyperpi.hypercore import Core, CoreEvent, CorruptStore, DiskFull, HypercoreError, Store
+from hyperpi.hypercore import Core, CoreEvent, CorruptStore, DiskFull, HypercoreError, Store, z32_encode
 
 from .app import DeviceApp, Send
 from .buttons import ButtonEvent
@@ -211,7 +211,7 @@ class DeviceService:
             return Core.open(self.store, key)
         except CorruptStore as e:
             log.error(
-                "feed %s is damaged in the store (%s): cleared, to be fetched again from peers", key.hex()[:16], e
+                "feed %s is damaged in the store (%s): cleared, to be fetched again from peers", z32_encode(key)[:16], e
             )
             self.app.notice = "feed repaired"
             self.store.clear_core(key)

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hyperpi.hypercore.keys import KeyPair
+from hyperpi.hypercore.keys import KeyPair, z32_encode
 
 from .address import DEFAULT_PORT, Address
 from .discovery import Discovery, instance_name
@@ -466,7 +466,7 @@ class Swarm:
             existing.conn.close("duplicate connection (replaced by a newer one)")
         link = _Link(conn)
         self._links[remote] = link
-        log.info("connected to %s (%s)", conn.peername, remote.hex()[:16])
+        log.info("connected to %s (%s)", conn.peername, z32_encode(remote)[:16])
         try:
             if self.on_connection is not None:
                 await self.on_connection(conn)
