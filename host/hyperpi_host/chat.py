@@ -28,7 +28,7 @@ from hyperpi import blockjson
 from hyperpi.device.timeline import sanitize
 from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
-from hyperpi.net.swarm import DEFAULT_PORT
+from hyperpi.net.swarm import DEFAULT_PORT, Swarm
 
 from . import home, keys, netrun, resolve
 from .cli import UserError
@@ -37,6 +37,7 @@ from .storelock import LockedStore
 FEED_FILE = "chat-feed"  # the key (hex) of the feed this store writes
 MAX_QUEUED_LINES = 256  # stdin lines read ahead of the appends; reading waits while it is full
 VIEW_STORE = "view-store"  # chat view's default store, apart from the one chat write and pair lock
+NOTHING_ARRIVES_HINT_SECONDS = 10.0  # a viewer still empty this long says why, once
 APPEND_RETRY_SECONDS = 5.0  # a failed append (full disk) is tried again this often, the line kept
 
 
@@ -117,7 +118,7 @@ def _run_write(args: argparse.Namespace) -> int:
         print(f"writing as {person}", file=sys.stderr, flush=True)
     print(z32_encode(core.key), flush=True)
 
-    async def body(stop: asyncio.Event) -> None:
+    async def body(stop: asyncio.Event, swarm: Swarm) -> None:
         lines: asyncio.Queue[str | None] = asyncio.Queue(MAX_QUEUED_LINES)
         _read_lines_in_thread(asyncio.get_running_loop(), lines)
         appender = asyncio.ensure_future(_append_lines(core, lines, nick))
@@ -208,7 +209,7 @@ def _run_view(args: argparse.Namespace) -> int:
         store.close()
         return 0
 
-    async def body(stop: asyncio.Event) -> None:
+    async def body(stop: asyncio.Event, swarm: Swarm) -> None:
         def on_change(_event: object = None) -> None:
             if print_new():
                 stop.set()
@@ -216,6 +217,8 @@ def _run_view(args: argparse.Namespace) -> int:
         unsubscribe = core.subscribe(on_change)
         on_change()
         try:
+            if not await _stopped_within(stop, NOTHING_ARRIVES_HINT_SECONDS) and core.length == 0:
+                print(f"hyperpi: {_why_nothing_arrives(swarm, found.key, options.mdns)}", file=sys.stderr, flush=True)
             await stop.wait()
         finally:
             unsubscribe()
@@ -224,6 +227,26 @@ def _run_view(args: argparse.Namespace) -> int:
 
 
 # --- shared plumbing ----------------------------------------------------------------------
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _why_nothing_arrives(swarm: Swarm, key: bytes, mdns: bool) -> str:
+    """One line for a viewer still empty after a while: a mistyped but well-formed key, or no peer."""
+    peers = len(swarm.connections)
+    if peers:
+        return (
+            f"connected to {peers} peer{'s' if peers != 1 else ''}; none has feed {z32_encode(key)[:12]}... "
+            "(check the key; waiting on)"
+        )
+    where = "on the LAN (mDNS)" if mdns else "(mDNS is off)"
+    return f"no peer found yet {where}; if the writer is elsewhere, give --peer HOST:PORT (waiting on)"
 
 
 def format_block(block: bytes, *, as_json: bool) -> str:
@@ -327,7 +350,7 @@ def _run_with_swarm(
         )
         print(f"listening on {options.host}:{swarm.port}", file=sys.stderr, flush=True)
         try:
-            await body(stop)
+            await body(stop, swarm)
         finally:
             await swarm.stop()
 

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from hyperpi.hypercore.keys import KeyPair
 from hyperpi.net.address import DEFAULT_PORT, Address, parse_address
+from hyperpi.net.discovery import multicast_interfaces
 from hyperpi.net.swarm import ConnectionHandler, Swarm
 from hyperpi.wire.noise import keypair
 
@@ -94,6 +95,8 @@ def setup_logging(verbose: bool) -> None:
         format="hyperpi: %(message)s",
         stream=sys.stderr,
     )
+    if verbose:  # every dial that fails, with its reason (the swarm logs those at debug level)
+        logging.getLogger("hyperpi.net.swarm").setLevel(logging.DEBUG)
 
 
 async def start_swarm(
@@ -105,6 +108,14 @@ async def start_swarm(
     name: str,
 ) -> Swarm:
     """A started swarm on `topics`; the default port, if taken, gives way to any free one."""
+    mdns = options.mdns and bool(multicast_interfaces())
+    if options.mdns and not mdns:
+        print(
+            "hyperpi: no network interface here can do mDNS (none is up with multicast), so no peer "
+            "will be found on the LAN: give one with --peer HOST:PORT",
+            file=sys.stderr,
+            flush=True,
+        )
     ports = (options.port,) if options.port_is_fixed or options.port == 0 else (options.port, 0)
     for port in ports:
         swarm = Swarm(
@@ -112,7 +123,7 @@ async def start_swarm(
             port,
             host=options.host,
             name=name,
-            mdns=options.mdns,
+            mdns=mdns,
             peers=options.peers,
             on_connection=on_connection,
         )

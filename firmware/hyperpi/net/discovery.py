@@ -33,6 +33,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ifaddr
@@ -121,6 +122,23 @@ def ipv4_interfaces() -> list[tuple[str, str]]:
         for ip in adapter.ips
         if ip.is_IPv4 and not str(ip.ip).startswith("127.")
     ]
+
+
+IFF_UP, IFF_MULTICAST = 0x1, 0x1000  # <linux/if.h>
+
+
+def multicast_interfaces(sys_class_net: Path = Path("/sys/class/net")) -> list[tuple[str, str]]:
+    """The `ipv4_interfaces` mDNS can use: up and multicast-capable (Linux's interface flags; where
+    they cannot be read, an interface counts as capable)."""
+    usable = []
+    for name, address in ipv4_interfaces():
+        try:
+            flags = int((sys_class_net / name / "flags").read_text(), 16)
+        except (OSError, ValueError):
+            flags = IFF_UP | IFF_MULTICAST
+        if flags & IFF_UP and flags & IFF_MULTICAST:
+            usable.append((name, address))
+    return usable
 
 
 def local_ipv4_addresses() -> list[str]:
