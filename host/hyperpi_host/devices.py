@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from hyperpi.net.discovery import Peer
 
 DEVICES_DIR = "devices"  # provision.record_device writes <home>/devices/NAME.json
+LAST_SEEN_FILE = "last-seen.json"  # <home>/last-seen.json: when and where `devices` last saw each one
 DEFAULT_TIMEOUT = 2.0  # s; mDNS answers arrive within ~120 ms, resolving takes one more round
 MAX_TIMEOUT = 60.0  # s; a longer wait finds nothing more, peers answer the first query
 
@@ -171,13 +173,42 @@ def _print_devices(devices: list[Device], peers: list[Peer], lan: bool) -> None:
     width = max(len("NAME"), *(len(d.name) for d in devices))
     board_width = max(len("BOARD"), *(len(d.board) for d in devices))
     header = f"{'NAME':<{width}}  {'BOARD':<{board_width}}  {'FEED KEY':<52}"
-    print(header + ("  ON THE LAN" if lan else ""))
+    print(header + "  ON THE LAN")
+    last_seen = load_last_seen()
     for device in devices:
         line = f"{device.name:<{width}}  {device.board:<{board_width}}  {z32_encode(device.feed_key)}"
-        if lan:
-            seen = [_addresses(p) for p in peers if seen_as(device, p)]
-            line += "  " + (", ".join(seen) if seen else "not seen")
+        seen = [_addresses(p) for p in peers if seen_as(device, p)] if lan else []
+        if seen:
+            line += "  now at " + ", ".join(seen)
+            last_seen[device.name] = {"at": int(time.time()), "where": ", ".join(seen)}
+        elif device.name in last_seen:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_seen[device.name]["at"]))
+            line += f"  {'not seen now; ' if lan else ''}last seen {when} at {last_seen[device.name]['where']}"
+        else:
+            line += "  not seen yet" if lan else "  never seen (browse without --no-mdns)"
         print(line)
+    if lan:
+        _save_last_seen(last_seen)
+
+
+def load_last_seen() -> dict[str, dict]:
+    """{device name: {"at": unix time, "where": "host:port, ..."}}; a missing or damaged file is empty."""
+    try:
+        data = json.loads((home.home_path() / LAST_SEEN_FILE).read_text())
+        return {
+            str(name): {"at": int(entry["at"]), "where": str(entry["where"])}
+            for name, entry in data.items()
+            if isinstance(entry, dict)
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _save_last_seen(last_seen: dict[str, dict]) -> None:
+    try:
+        home.write_atomic(home.hyperpi_home() / LAST_SEEN_FILE, json.dumps(last_seen, sort_keys=True).encode())
+    except (OSError, UserError) as error:  # a listing still works on a read-only home
+        print(f"hyperpi: cannot record where devices were seen: {error}", file=sys.stderr)
 
 
 def seen_as(device: Device, peer: Peer) -> bool:

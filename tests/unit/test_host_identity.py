@@ -4,6 +4,7 @@ name, and every command that takes a key takes either name or the key, and says 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -72,9 +73,10 @@ def test_devices_lists_and_shows_provisioned_devices(
     code, out, err = run(capsys, "devices", "--no-mdns")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "BOARD", "FEED", "KEY"]
-    assert lines[1].split() == ["hall", "oled-bonnet", z32_encode(household["hall"].feed_key)]
-    assert lines[2].split() == ["kitchen", "oled-bonnet", z32_encode(household["kitchen"].feed_key)]
+    assert lines[0].split() == ["NAME", "BOARD", "FEED", "KEY", "ON", "THE", "LAN"]
+    never = "never seen (browse without --no-mdns)"
+    assert lines[1].split(maxsplit=3) == ["hall", "oled-bonnet", z32_encode(household["hall"].feed_key), never]
+    assert lines[2].split(maxsplit=3) == ["kitchen", "oled-bonnet", z32_encode(household["kitchen"].feed_key), never]
     png = tmp_path / "kitchen.png"
     code, out, err = run(capsys, "devices", "kitchen", "--png", str(png), "--qr")
     assert code == 0, err
@@ -84,6 +86,27 @@ def test_devices_lists_and_shows_provisioned_devices(
     assert qr.read_keys(png) == [household["kitchen"].feed_key]
     code, out, err = run(capsys, "devices", "garage")
     assert code == 2 and "no device named 'garage'" in err and "known: hall, kitchen" in err
+
+
+def test_devices_remembers_where_each_device_was_last_seen(household: dict, capsys: pytest.CaptureFixture) -> None:
+    from hyperpi.hypercore import discovery_key
+    from hyperpi.net.discovery import Peer
+    from hyperpi_host import devices
+
+    kitchen = household["kitchen"].feed_key
+    # What an mDNS browse returns for the kitchen (its feed's discovery key among its topics).
+    seen = Peer("kitchen-1a2b3c4d", ("192.0.2.7",), 49737, frozenset({discovery_key(kitchen)}))
+    devices._print_devices(devices.list_devices(), [seen], lan=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("  not seen yet") and lines[1].startswith("hall ")
+    assert lines[2].endswith("  now at 192.0.2.7:49737") and lines[2].startswith("kitchen ")
+    code, out, err = run(capsys, "devices", "--no-mdns")  # later, without browsing
+    assert code == 0, err
+    assert re.search(r"^kitchen .* last seen \d{4}-\d\d-\d\d \d\d:\d\d at 192\.0\.2\.7:49737$", out, re.MULTILINE), out
+    devices._print_devices(devices.list_devices(), [], lan=True)  # browsed again: gone from the LAN
+    assert re.search(
+        r"^kitchen .* not seen now; last seen .* at 192\.0\.2\.7:49737$", capsys.readouterr().out, re.MULTILINE
+    )
 
 
 def test_devices_without_records_says_so(hyperpi_home: Path, capsys: pytest.CaptureFixture) -> None:
