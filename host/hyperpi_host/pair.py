@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from hyperpi.device.control import ControlEntry, parse_entry
+from hyperpi.device.control import ControlEntry, ControlState, Follow, parse_entry
 from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
@@ -86,39 +86,31 @@ def _entry(value: dict[str, str]) -> bytes:
     return block
 
 
+def control_state(device: Device) -> ControlState:
+    """The device's state before any control-feed entry: the follows its settings gave it."""
+    return ControlState(device.feed_key, ((key, name) for name, key in device.follows))
+
+
 def entries_for(control: Core, device: Device) -> Iterable[tuple[int, ControlEntry]]:
     """The control feed's entries the device applies (its own and the owner-wide ones), in order;
     malformed ones are skipped, as the device skips them."""
+    state = control_state(device)
     for index in range(control.contiguous_length):
         try:
             entry = parse_entry(control.get(index))
         except ValueError:
             continue
-        if entry.device is None or entry.device == device.feed_key:
+        if state.meant_for(entry):
             yield index, entry
 
 
-@dataclass(frozen=True)
-class Follow:
-    key: bytes
-    name: str
-    index: int  # the entry that set the name last
-
-
 def follows(control: Core, device: Device) -> dict[bytes, Follow]:
-    """The follows in effect on `device` once it has applied every entry (replayed as it does),
-    starting from those its settings gave it at provisioning (index -1)."""
-    result = {key: Follow(key, name, -1) for name, key in device.follows}
+    """The follows in effect on `device` once it has applied every entry (replayed by the rules
+    the device applies them with), starting from those its settings gave it (index -1)."""
+    state = control_state(device)
     for index, entry in entries_for(control, device):
-        if entry.key is None or entry.key == device.feed_key:
-            continue
-        if entry.kind == "follow" and entry.name is not None:
-            result[entry.key] = Follow(entry.key, entry.name, index)
-        elif entry.kind == "unfollow":
-            result.pop(entry.key, None)
-        elif entry.kind == "rename" and entry.name is not None and entry.key in result:
-            result[entry.key] = Follow(entry.key, entry.name, index)
-    return result
+        state.apply(index, entry)
+    return state.follows
 
 
 def needed_length(control: Core, device: Device) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hyperpi.device.config import DeviceConfig, Follow
-from hyperpi.device.control import parse_entry
+from hyperpi.device.control import ControlState, Rename, SetPresets, Unfollow, parse_entry
+from hyperpi.device.control import Follow as Followed
 from hyperpi.device.service import DeviceService, chat_block
 from hyperpi.hypercore import Core, Store, generate_keypair
 from hyperpi.hypercore.keys import z32_encode
@@ -42,6 +43,31 @@ def test_parse_entries() -> None:
     ]:
         with pytest.raises(ValueError):
             parse_entry(bad)
+
+
+def test_control_state_replays_entries_into_changes() -> None:
+    """The one reducer the device and the owner's host both use (hyperpi/device/control.py)."""
+    me, ana, bob, other = bytes([1] * 32), bytes([2] * 32), bytes([3] * 32), bytes([4] * 32)
+    state = ControlState(me, [(bob, "Bob"), (me, "Me")])
+    assert state.follows == {bob: Followed(bob, "Bob", -1)}  # never itself, even from settings
+    steps = [
+        (entry(type="follow", key=ana.hex(), name="Ana"), Followed(ana, "Ana", 0)),
+        (entry(type="rename", key=ana.hex(), name="Ana B."), Followed(ana, "Ana B.", 1)),
+        (entry(type="rename", key=other.hex(), name="X"), None),  # not followed
+        (entry(type="follow", key=me.hex(), name="Me"), None),
+        (entry(type="unfollow", key=me.hex()), None),
+        (entry(type="follow", key=other.hex(), name="X", device=other.hex()), None),  # another device's
+        (entry(type="unfollow", key=bob.hex(), device=me.hex()), Unfollow(bob)),
+        (entry(type="rename", name="hall"), Rename("hall")),
+        (entry(type="rename", key=me.hex(), name="hall 2"), Rename("hall 2")),
+        (entry(type="presets", presets=["Yes", " No "]), SetPresets(("Yes", "No"))),
+        (entry(type="unfollow", key=other.hex()), Unfollow(other)),  # may be followed outside the feed
+    ]
+    for index, (block, change) in enumerate(steps):
+        assert state.apply(index, parse_entry(block)) == change, index
+    assert state.follows == {ana: Followed(ana, "Ana B.", 1)}
+    assert (state.name, state.presets) == ("hall 2", ("Yes", "No"))
+    assert ControlState(me).name is None and ControlState(me).presets is None  # settings hold until set
 
 
 def test_device_applies_control_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hyperpi.device.config import DeviceConfig
+from hyperpi.device.config import Follow as ConfigFollow
 from hyperpi.device.control import parse_entry
 from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, Store, generate_keypair, z32_encode
@@ -231,3 +232,58 @@ def test_waiting_line_redraws_on_a_terminal_and_prints_changes_in_logs() -> None
         "waiting for kitchen: looking for it on the LAN (up to 30 s)\n"
         "waiting for kitchen: connected, sending (up to 28 s)\n"
     )
+
+
+def test_host_and_device_read_the_same_entries_alike(hyperpi_home: Path, tmp_path: Path) -> None:
+    """Every kind of entry, including ones a device must ignore, written straight to the control
+    feed: the follows the host replays (`pair.follows`) are the feeds the device follows, under
+    the same names, starting from the follows of its settings."""
+    keys.create_identity("alice", owner=True)
+    ana, bob, cat, dan = (generate_keypair().public_key for _ in range(4))
+    identity = provision.Identity(feed=generate_keypair(), noise=generate_keypair())
+    control_key = keys.load_identity("alice").control_feed_key
+    settings = provision.Settings(
+        name="kitchen", board="headless", owner=control_key, follows=[("Dan", dan), ("Bob", bob)]
+    )
+    provision.record_device(settings, identity, tmp_path / "kitchen.img")
+    own = identity.feed_key
+    other_device = generate_keypair().public_key
+
+    def block(**fields: str | list[str]) -> bytes:
+        return json.dumps(fields).encode()
+
+    entries = [
+        block(type="follow", key=z32_encode(ana), name="Ana"),
+        block(type="rename", key=z32_encode(cat), name="Cat"),  # not followed: nothing
+        b"not json",
+        block(type="follow", key=z32_encode(own), name="Me"),  # the device itself: nothing
+        block(type="unfollow", key=z32_encode(dan)),  # a follow from its settings
+        block(type="follow", key=z32_encode(cat), name="Cat", device=z32_encode(other_device)),
+        block(type="rename", key=z32_encode(bob), name="Bob B."),
+        block(type="rename", name="hall"),
+        block(type="rename", key=z32_encode(own), name="hall 2"),
+        block(type="presets", presets=["Yes"]),
+        block(type="follow", key=z32_encode(cat), name="Cat", device=z32_encode(own)),
+        block(type="follow", key=z32_encode(ana), name="Ana A."),
+    ]
+    with keys.open_store() as store:
+        control = keys.open_control_feed(store, "alice")
+        control.append(entries)
+        host_view = {key: f.name for key, f in pair.follows(control, pair.load_device("kitchen")).items()}
+
+        device_store = Store(tmp_path / "device")
+        copy_signed(control, Core.open(device_store, control.key))
+        config = DeviceConfig(
+            name="kitchen",
+            board="headless",
+            owner=control.key,
+            follows=tuple(ConfigFollow(name, key) for name, key in settings.follows),
+        )
+        service = DeviceService(config, device_store, Core.create(device_store, identity.feed))
+        try:
+            device_view = {key: service.timeline.names[key] for key in service.feeds}
+            assert service.name == "hall 2" and service.presets.items == ["Yes"]
+        finally:
+            service.close()
+            device_store.close()
+    assert host_view == device_view == {ana: "Ana A.", bob: "Bob B.", cat: "Cat"}

@@ -13,10 +13,16 @@ KEY is z-base-32, hex or a `HYPERPI:` payload. An optional `"device": KEY` (the 
 key) limits an entry to one device when an owner has several. Malformed entries, and those over
 the size or nesting limits (`hyperpi.blockjson`), raise ValueError; the service logs and skips
 them, so one bad entry never blocks the ones after it.
+
+`ControlState` is what a device's entries amount to (who it follows, under which names, its
+own name and presets). The device applies its changes as they arrive
+(`hyperpi.device.service`); the owner's host replays the same state to show what a device will
+do (`hyperpi_host.pair`), so both read the entries by the same rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hyperpi import blockjson
@@ -72,3 +78,73 @@ def _key(value: dict, field: str) -> bytes:
     if not isinstance(text, str):
         raise ValueError(f"{field} must be a key string")
     return parse_key(text)
+
+
+# --- what the entries amount to -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Follow `key`, showing its messages as `name`."""
+
+    key: bytes
+    name: str
+    index: int  # the entry that set the name last; -1: the device's settings
+
+
+@dataclass(frozen=True)
+class Unfollow:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Rename:
+    """The device's own name."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SetPresets:
+    presets: tuple[str, ...]
+
+
+Change = Follow | Unfollow | Rename | SetPresets
+
+
+class ControlState:
+    """One device's follows, name and presets after its control-feed entries, applied in order.
+
+    Sans-IO: entries go in, the change each one makes comes out. `name` and `presets` stay None
+    until an entry sets them (the device's settings hold until then)."""
+
+    def __init__(self, device_key: bytes, follows: Iterable[tuple[bytes, str]] = ()) -> None:
+        self.device_key = device_key
+        self.follows: dict[bytes, Follow] = {key: Follow(key, name, -1) for key, name in follows if key != device_key}
+        self.name: str | None = None
+        self.presets: tuple[str, ...] | None = None
+
+    def meant_for(self, entry: ControlEntry) -> bool:
+        """Whether the entry is for this device (its own or an owner-wide one)."""
+        return entry.device is None or entry.device == self.device_key
+
+    def apply(self, index: int, entry: ControlEntry) -> Change | None:
+        """Apply entry #index; the change it makes on this device, None if it makes none."""
+        if not self.meant_for(entry):
+            return None
+        if entry.kind == "presets":
+            self.presets = entry.presets
+            return SetPresets(entry.presets)
+        if entry.kind == "rename" and entry.name is not None and entry.key in (None, self.device_key):
+            self.name = entry.name
+            return Rename(entry.name)
+        if entry.key is None or entry.key == self.device_key:
+            return None  # a device does not follow itself
+        if entry.kind == "unfollow":
+            self.follows.pop(entry.key, None)
+            return Unfollow(entry.key)  # also drops a follow made outside the control feed
+        if entry.name is None or (entry.kind == "rename" and entry.key not in self.follows):
+            return None  # a rename of a feed not followed
+        follow = Follow(entry.key, entry.name, index)
+        self.follows[entry.key] = follow
+        return follow

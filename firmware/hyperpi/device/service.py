@@ -39,7 +39,7 @@ from hyperpi.hypercore import Core, CoreEvent, CorruptStore, DiskFull, Hypercore
 from .app import DeviceApp, Send
 from .buttons import ButtonEvent
 from .config import DeviceConfig
-from .control import ControlEntry, parse_entry
+from .control import ControlState, Follow, Rename, SetPresets, Unfollow, parse_entry
 from .display import Display
 from .timeline import Presets, Timeline, sanitize
 
@@ -96,8 +96,9 @@ class DeviceService:
         self._grace: asyncio.TimerHandle | None = None
         if recover_own_feed:
             self.app.notice = RECOVERING_NOTICE
+        self._control_state = ControlState(own.key, ((f.key, f.name) for f in config.follows))
         self._watch(own)
-        for follow in config.follows:
+        for follow in self._control_state.follows.values():
             self.follow(follow.key, follow.name)
         if config.owner is not None:
             self.control = self._open_core(config.owner)
@@ -250,24 +251,19 @@ class DeviceService:
             except (ValueError, KeyError) as e:
                 log.warning("control feed entry %d skipped: %s", index, e)
                 continue
-            if entry.device is not None and entry.device != self.own.key:
+            if not self._control_state.meant_for(entry):
                 continue
-            self._apply(entry)
-
-    def _apply(self, entry: ControlEntry) -> None:
-        log.info("control feed: %s %s", entry.kind, entry.name or "")
-        if entry.kind == "follow" and entry.key is not None and entry.name is not None:
-            self.follow(entry.key, entry.name)
-        elif entry.kind == "unfollow" and entry.key is not None:
-            self.unfollow(entry.key)
-        elif entry.kind == "rename" and entry.name is not None:
-            if entry.key is None or entry.key == self.own.key:
-                self.name = self.app.name = entry.name
-            elif entry.key in self.feeds:
-                self.timeline.names[entry.key] = entry.name
-        elif entry.kind == "presets":
-            self.presets.replace(entry.presets)
-        self._changed.set()
+            log.info("control feed: %s %s", entry.kind, entry.name or "")
+            change = self._control_state.apply(index, entry)
+            if isinstance(change, Follow):
+                self.follow(change.key, change.name)
+            elif isinstance(change, Unfollow):
+                self.unfollow(change.key)
+            elif isinstance(change, Rename):
+                self.name = self.app.name = change.name
+            elif isinstance(change, SetPresets):
+                self.presets.replace(change.presets)
+            self._changed.set()
 
     # -- buttons and chat -----------------------------------------------------------------
     def handle_button(self, event: ButtonEvent) -> None:
