@@ -3,10 +3,13 @@ and clear errors for damaged, truncated or foreign files."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,7 @@ from hyperpi.hypercore import (
     Store,
     VerificationError,
 )
+from hyperpi.hypercore import core as hypercore_core
 from hyperpi.hypercore.keys import core_key, generate_keypair
 from hyperpi.hypercore.types import BlockRequest, ProofRequest, UpgradeRequest
 
@@ -221,7 +225,7 @@ def test_fresh_reader_adopts_the_writers_fork(tmp_path):
     store = Store(tmp_path / "w")
     core = Core.create(store, generate_keypair(SEED))
     store.db.execute("UPDATE cores SET fork=1 WHERE key=?", (core.key,))  # as after a truncate
-    core._reload()
+    core.reload()
     core.append([chat(0), chat(1)])
     with store, Store(tmp_path / "r") as rstore:
         reader = Core.open(rstore, core.key)
@@ -360,3 +364,20 @@ def test_a_damaged_secret_key_file_is_refused_before_signing(tmp_path):
     path.write_bytes(bytes(data[:40]))
     with Store(tmp_path) as store, pytest.raises(CorruptStore, match="damaged"):
         Core.open(store, key)
+
+
+def test_the_store_owns_its_sql():
+    """Core reads and writes its rows through Store's named methods: core.py holds no SQL, no
+    sqlite3 and none of the store's private parts (hyperpi/hypercore/storage.py)."""
+    source = Path(hypercore_core.__file__).read_text()
+    tree = ast.parse(source)
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    assert not [s for s in strings if re.search(r"\b(SELECT|INSERT|UPDATE|DELETE)\b", s)]
+    assert "sqlite3" not in {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    privates = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and n.attr.startswith("_") and ast.unparse(n.value).endswith("store")
+    }
+    assert privates == set()
+    assert not re.search(r"\.db\b", source)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 
 from . import flat_tree
@@ -36,7 +35,7 @@ from .keys import (
 )
 from .merkle import append_leaves, is_compat, leaf_hash, parent_node, sign_tree, tree_hash, verify_tree
 from .proofs import Verified, generate_proof, verify_proof
-from .storage import Store, _storage_error, damage_is_corruption
+from .storage import Store, damage_is_corruption
 from .types import CoreEvent, Proof, ProofRequest, TreeNode
 
 __all__ = [
@@ -74,7 +73,7 @@ class Core:
         self._subscribers: list[Callable[[CoreEvent], None]] = []
         self._nodes: dict[int, TreeNode] = {}  # cache of stored nodes, see NODE_CACHE_MAX
         self._held_above: set[int] = set()  # held blocks at or past contiguous_length
-        self._reload()
+        self.reload()
 
     # --- opening ---------------------------------------------------------------------
 
@@ -105,20 +104,10 @@ class Core:
 
     @classmethod
     def _get(cls, store: Store, key: bytes, manifest: bytes | None) -> Core:
-        core = store._cores.get(key)
+        core = store.cached_core(key)
         if core is None:
-            try:
-                with store.transaction():
-                    store.db.execute("INSERT OR IGNORE INTO cores (key, manifest) VALUES (?, ?)", (key, manifest))
-                    if manifest is not None:
-                        store.db.execute(
-                            "UPDATE cores SET manifest=? WHERE key=? AND manifest IS NULL", (manifest, key)
-                        )
-                    (row_id,) = store.db.execute("SELECT id FROM cores WHERE key=?", (key,)).fetchone()
-            except sqlite3.DatabaseError as error:
-                raise _storage_error(error) from None
-            core = cls(store, row_id, key)
-            store._cores[key] = core
+            core = cls(store, store.core_row(key, manifest), key)
+            store.cache_core(core)
         core._load_secret()
         return core
 
@@ -138,32 +127,21 @@ class Core:
             # A writer always knows its manifest (compat writers keep it too, as Node does).
             encoded = encode_manifest(default_manifest(public_key))
             with self.store.transaction():
-                self.store.db.execute("UPDATE cores SET manifest=? WHERE id=?", (encoded, self._id))
+                self.store.write_manifest(self._id, encoded)
             self._set_manifest(encoded)
         self._secret_key = secret
 
-    def _reload(self) -> None:
-        """Read the head from the database and check its signature."""
-        db = self.store.db
+    def reload(self) -> None:
+        """Read the head from the store again and check its signature (the store calls it when
+        a transaction that changed this core was rolled back)."""
         with damage_is_corruption(f"the head of core {self.key.hex()}"):
-            row = db.execute(
-                "SELECT manifest, length, fork, byte_length, signature FROM cores WHERE id=?", (self._id,)
-            ).fetchone()
+            row = self.store.read_head(self._id)
             if row is None:
                 raise CorruptStore(f"core {self.key.hex()} vanished from the store")
             manifest, self.length, self.fork, self.byte_length, self.signature = row
             self._set_manifest(manifest)
             self._nodes.clear()
-            (self._contiguous,) = db.execute(
-                "SELECT CASE WHEN EXISTS (SELECT 1 FROM blocks WHERE core=?1 AND idx=0) THEN"
-                " (SELECT MIN(idx) + 1 FROM blocks b WHERE core=?1 AND NOT EXISTS"
-                "  (SELECT 1 FROM blocks WHERE core=?1 AND idx=b.idx+1)) ELSE 0 END",
-                (self._id,),
-            ).fetchone()
-            self._contiguous = min(self._contiguous, self.length)
-            self._held_above = {
-                i for (i,) in db.execute("SELECT idx FROM blocks WHERE core=? AND idx>?", (self._id, self._contiguous))
-            }
+            self._contiguous, self._held_above = self.store.held_blocks(self._id, self.length)
             self._roots = self._load_roots(self.length)
             if self.byte_length != sum(r.size for r in self._roots):
                 raise CorruptStore(f"the byte length of core {self.key.hex()} is damaged in the store")
@@ -230,10 +208,7 @@ class Core:
         """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
         where = f"block {i} of core {self.key.hex()}"
         with damage_is_corruption(where):
-            self.store.flush_writes()
-            row = self.store.db.execute(
-                "SELECT value, hash FROM blocks WHERE core=? AND idx=?", (self._id, i)
-            ).fetchone()
+            row = self.store.read_block(self._id, i)
         if row is None:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row
@@ -247,10 +222,7 @@ class Core:
         part): it is no longer held, so replication asks peers for it again, checked against
         the tree nodes above it."""
         log.warning("block %d of core %s is damaged in the store: dropped, to be fetched again", i, self.key.hex()[:16])
-        try:
-            self.store.db.execute("DELETE FROM blocks WHERE core=? AND idx=?", (self._id, i))
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        self.store.delete_block(self._id, i)
         self.store.touched(self)  # a rolled-back transaction brings the row back: reload then
         self._nodes.pop(2 * i, None)
         if i < self._contiguous:
@@ -265,16 +237,9 @@ class Core:
         node = self._nodes.get(index)
         if node is not None:
             return node
-        db = self.store.db
-        try:
-            self.store.flush_writes()
-            row = db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (self._id, index)).fetchone()
-            if row is None and not index & 1 and self.has(index // 2):  # a held block's leaf is in its row
-                row = db.execute(
-                    "SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (self._id, index // 2)
-                ).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        row = self.store.read_node(self._id, index)
+        if row is None and not index & 1 and self.has(index // 2):  # a held block's leaf is in its row
+            row = self.store.read_leaf(self._id, index // 2)
         if row is None:
             return None
         size, digest = row
@@ -335,18 +300,14 @@ class Core:
         signature = sign_tree(self._secret_key, self.key, self.compat, tree_hash(roots), length, self.fork)
         cid = self._id
         with self.transaction():
-            self.store.touched(self)
-            db = self.store.db
+            store = self.store
+            store.touched(self)
             leaves = [n for n in new_nodes if not n.index & 1]
-            db.executemany(
-                "INSERT INTO blocks VALUES (?, ?, ?, ?)",
-                [(cid, start + i, b, leaf.hash) for i, (b, leaf) in enumerate(zip(blocks, leaves, strict=True))],
+            store.insert_blocks(
+                cid, [(start + i, b, leaf.hash) for i, (b, leaf) in enumerate(zip(blocks, leaves, strict=True))]
             )
-            db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in new_nodes if n.index & 1])
-            db.execute(
-                "UPDATE cores SET length=?, byte_length=?, signature=? WHERE id=?",
-                (length, byte_length, signature, cid),
-            )
+            store.insert_nodes(cid, [n for n in new_nodes if n.index & 1])
+            store.write_head(cid, length, byte_length, signature)
             self.length, self.byte_length, self.signature, self._roots = length, byte_length, signature, roots
             self._held_above.update(range(start, length))
             self._advance_contiguous()
@@ -357,11 +318,8 @@ class Core:
     @contextlib.contextmanager
     def transaction(self, savepoint: bool = True) -> Iterator[None]:
         """Many appends / verify_and_apply calls in one SQLite transaction."""
-        try:
-            with self.store.transaction(savepoint):
-                yield
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        with self.store.transaction(savepoint):
+            yield
 
     # --- replication -------------------------------------------------------------------
 
@@ -393,10 +351,7 @@ class Core:
         # for per proof: a storage failure undoes the caller's whole transaction, and the
         # cores' heads are reloaded from the database.
         if self.store.in_transaction:
-            try:
-                return self._apply(v)
-            except sqlite3.DatabaseError as error:
-                raise _storage_error(error) from None
+            return self._apply(v)
         with self.transaction():
             return self._apply(v)
 
@@ -406,17 +361,14 @@ class Core:
         store = self.store
         store.touched(self)
         if v.manifest is not None and self.manifest is None:
-            store.db.execute("UPDATE cores SET manifest=? WHERE id=?", (v.manifest, cid))
+            store.write_manifest(cid, v.manifest)
             self._set_manifest(v.manifest)
         if v.nodes:
-            store.defer("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(cid, *n) for n in v.nodes])
+            store.defer_nodes(cid, v.nodes)
             self._cache_nodes(v.nodes)
         if v.upgraded and (v.length > self.length or (self.length == 0 and v.fork != self.fork)):
             byte_length = sum(r.size for r in v.roots)
-            store.db.execute(
-                "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
-                (v.length, v.fork, byte_length, v.signature, cid),
-            )
+            store.write_head(cid, v.length, byte_length, v.signature, v.fork)
             self.length, self.fork, self.byte_length = v.length, v.fork, byte_length
             self.signature, self._roots = v.signature, v.roots
             events.append(CoreEvent("upgrade", v.length, None))
@@ -424,7 +376,7 @@ class Core:
             index, value = v.block
             leaf = v.nodes[0]  # the proof's leaf, hashed while verifying
             digest = leaf.hash if leaf.index == 2 * index else leaf_hash(value)
-            store.defer("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((cid, index, value, digest),))
+            store.defer_block(cid, index, value, digest)
             self._held_above.add(index)
             self._advance_contiguous()
             events.append(CoreEvent("block", self.length, index))
@@ -466,15 +418,10 @@ class Core:
     def audit(self) -> None:
         """Re-verify everything stored: every block against its leaf, every parent node
         against its children, the roots against the signature. Raises CorruptStore."""
-        db = self.store.db
         where = f"core {self.key.hex()[:16]}..."
         with damage_is_corruption(where):
-            self.store.flush_writes()
-            nodes = {
-                i: TreeNode(i, s, h)
-                for i, s, h in db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (self._id,))
-            }
-            for i, value, expected in db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (self._id,)):
+            nodes = {i: TreeNode(i, s, h) for i, s, h in self.store.all_nodes(self._id)}
+            for i, value, expected in self.store.all_blocks(self._id):
                 if i >= self.length:
                     raise CorruptStore(f"{where}: block {i} lies beyond the length {self.length}")
                 leaf = TreeNode(2 * i, len(value), leaf_hash(value))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from .errors import CorruptStore, DiskFull, StorageError
 from .secret_files import fsync_dir, read_secret, write_atomic
+from .types import TreeNode
 
 if TYPE_CHECKING:
     from .core import Core
@@ -70,6 +71,10 @@ class Store:
 
     Use as a context manager or call close(). One Core object exists per key per store, so
     every user of a core sees the same head and the same subscribers.
+
+    The store owns all SQL: a `Core` reads and writes its rows through the named methods below
+    ("the rows of a core"), addressed by the row id `core_row` gives it, and those raise
+    StorageError (CorruptStore, DiskFull), never sqlite3's errors.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -85,7 +90,7 @@ class Store:
             raise _os_error(self.path, error) from None
         self._cores: dict[bytes, Core] = {}
         self._depth = 0  # nesting of transaction()
-        self._deferred: dict[str, list[tuple]] = {}  # see defer()
+        self._deferred: dict[str, list[tuple]] = {}  # see _defer()
         self._touched: list[Core] = []  # cores changed in the open transaction
         self._after_commit: list[Callable[[], None]] = []
         try:
@@ -149,6 +154,145 @@ class Store:
         except sqlite3.DatabaseError as error:
             raise _storage_error(error) from None
 
+    # --- the rows of a core (what Core reads and writes) ---------------------------------
+
+    def cached_core(self, key: bytes) -> Core | None:
+        """The Core object already opened on `key` in this store, if any."""
+        return self._cores.get(key)
+
+    def cache_core(self, core: Core) -> None:
+        self._cores[core.key] = core
+
+    def core_row(self, key: bytes, manifest: bytes | None) -> int:
+        """The row id of core `key`, creating its record if new; a manifest given is stored
+        unless the record holds one already."""
+        try:
+            with self.transaction():
+                self.db.execute("INSERT OR IGNORE INTO cores (key, manifest) VALUES (?, ?)", (key, manifest))
+                if manifest is not None:
+                    self.db.execute("UPDATE cores SET manifest=? WHERE key=? AND manifest IS NULL", (manifest, key))
+                (row_id,) = self.db.execute("SELECT id FROM cores WHERE key=?", (key,)).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        return row_id
+
+    def read_head(self, core: int) -> tuple | None:
+        """(manifest, length, fork, byte_length, signature) as stored, unchecked; None: no record."""
+        try:
+            return self.db.execute(
+                "SELECT manifest, length, fork, byte_length, signature FROM cores WHERE id=?", (core,)
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def write_head(
+        self, core: int, length: int, byte_length: int, signature: bytes | None, fork: int | None = None
+    ) -> None:
+        """A new head (an append keeps the fork: None)."""
+        try:
+            if fork is None:
+                self.db.execute(
+                    "UPDATE cores SET length=?, byte_length=?, signature=? WHERE id=?",
+                    (length, byte_length, signature, core),
+                )
+            else:
+                self.db.execute(
+                    "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
+                    (length, fork, byte_length, signature, core),
+                )
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def write_manifest(self, core: int, manifest: bytes) -> None:
+        try:
+            self.db.execute("UPDATE cores SET manifest=? WHERE id=?", (manifest, core))
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def held_blocks(self, core: int, length: int) -> tuple[int, set[int]]:
+        """(n, others): blocks 0..n-1 are held (n at most `length`), and `others` are the held
+        blocks past n."""
+        try:
+            (contiguous,) = self.db.execute(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM blocks WHERE core=?1 AND idx=0) THEN"
+                " (SELECT MIN(idx) + 1 FROM blocks b WHERE core=?1 AND NOT EXISTS"
+                "  (SELECT 1 FROM blocks WHERE core=?1 AND idx=b.idx+1)) ELSE 0 END",
+                (core,),
+            ).fetchone()
+            contiguous = min(contiguous, length)
+            above = {i for (i,) in self.db.execute("SELECT idx FROM blocks WHERE core=? AND idx>?", (core, contiguous))}
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        return contiguous, above
+
+    def read_block(self, core: int, index: int) -> tuple | None:
+        """(value, leaf hash) of a held block, unchecked; None if not held."""
+        try:
+            self.flush_writes()
+            return self.db.execute("SELECT value, hash FROM blocks WHERE core=? AND idx=?", (core, index)).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def read_node(self, core: int, index: int) -> tuple | None:
+        """(size, hash) of a stored parent node (or a leaf of a block not held), unchecked."""
+        try:
+            self.flush_writes()
+            return self.db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (core, index)).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def read_leaf(self, core: int, block: int) -> tuple | None:
+        """(size, hash) of a held block's leaf node, which lives in the block's row."""
+        try:
+            self.flush_writes()
+            return self.db.execute(
+                "SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (core, block)
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def insert_blocks(self, core: int, blocks: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """Store (index, value, leaf hash) rows now."""
+        try:
+            self.db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", [(core, *b) for b in blocks])
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def insert_nodes(self, core: int, nodes: Iterable[TreeNode]) -> None:
+        try:
+            self.db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?)", [(core, *n) for n in nodes])
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def defer_nodes(self, core: int, nodes: Iterable[TreeNode]) -> None:
+        """Store verified nodes (replacing any held) with the next batch of writes (`_defer`)."""
+        self._defer("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(core, *n) for n in nodes])
+
+    def defer_block(self, core: int, index: int, value: bytes, leaf_hash: bytes) -> None:
+        self._defer("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((core, index, value, leaf_hash),))
+
+    def delete_block(self, core: int, index: int) -> None:
+        try:
+            self.db.execute("DELETE FROM blocks WHERE core=? AND idx=?", (core, index))
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def all_nodes(self, core: int) -> Iterator[tuple]:
+        """Every stored (index, size, hash) parent node of a core, unchecked."""
+        try:
+            self.flush_writes()
+            yield from self.db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (core,))
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def all_blocks(self, core: int) -> Iterator[tuple]:
+        """Every held (index, value, leaf hash) block of a core, unchecked."""
+        try:
+            self.flush_writes()
+            yield from self.db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (core,))
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
     def close(self) -> None:
         if self._depth:
             raise StorageError("cannot close a store inside a transaction")
@@ -204,11 +348,11 @@ class Store:
     def in_transaction(self) -> bool:
         return self._depth > 0
 
-    def defer(self, sql: str, rows: Iterable[tuple]) -> None:
+    def _defer(self, sql: str, rows: Iterable[tuple]) -> None:
         """Queue rows for an INSERT until the next read, savepoint or commit (`flush_writes`):
         a download stores a few rows per proof, and one executemany per burst is much cheaper
         than two statements per proof. Only inside a transaction."""
-        assert self._depth, "defer() needs a transaction"
+        assert self._depth, "deferred writes need a transaction"
         self._deferred.setdefault(sql, []).extend(rows)
 
     def flush_writes(self) -> None:
@@ -228,7 +372,7 @@ class Store:
                 self.db.execute(f"RELEASE s{self._depth}")
         # In-memory heads of the cores written in the undone part must follow the database.
         for core in self._touched:
-            core._reload()
+            core.reload()
         if outer:
             self._touched.clear()
             self._after_commit.clear()
