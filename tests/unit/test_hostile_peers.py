@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -313,9 +314,16 @@ def test_a_connection_flood_at_a_low_fd_limit_never_exhausts_fds(tmp_path: Path)
 
         async def scenario() -> None:
             port = int(port_text)
-            flood: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-            for _ in range(150):  # more connections than the server has file descriptors
-                flood.append(await asyncio.open_connection("127.0.0.1", port))
+            # More connections than the server has file descriptors, arriving while it does not run
+            # (a loaded machine): they wait in the kernel's listen queue, and asyncio accepts all it
+            # holds in one go, before the swarm's cap sees them (swarm.ACCEPT_BACKLOG bounds that).
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                connecting = [asyncio.ensure_future(asyncio.open_connection("127.0.0.1", port)) for _ in range(150)]
+                await asyncio.sleep(1.0)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            flood = [await c for c in connecting]
             strangers = [await ns.open_connection("127.0.0.1", port, keypair()) for _ in range(60)]
             reader = Core.open(Store(tmp_path / "r"), bytes.fromhex(key_hex))
             honest = Swarm(

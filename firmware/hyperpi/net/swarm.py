@@ -80,6 +80,12 @@ FD_RESERVE = 64
 # Connections at most, whatever the fd limit: a LAN chat has a handful of peers, and memory
 # per connection (bounded in stream.py) adds up.
 MAX_CONNECTIONS = 256
+# Connections waiting in the kernel's listen queue, and so the most asyncio accepts in one go
+# before the swarm's cap (`_make_room`) has seen any of them. With Python's default of 100 a burst
+# was accepted whole, past the cap and the fd limit (EMFILE in the accept loop): a small queue
+# keeps what is accepted and not yet counted within FD_RESERVE. A peer finding it full retries
+# (TCP resends its SYN).
+ACCEPT_BACKLOG = 8
 # Log lines of one kind (same logger and format) written per interval; the rest are counted
 # and the count is added to the next line written.
 LOG_BURST = 5
@@ -258,7 +264,7 @@ class Swarm:
     async def start(self) -> None:
         """Listen, start discovery (unless mdns=False), and dial the static peers."""
         rate_limit_network_logs()
-        self._server = await asyncio.start_server(self._on_accept, self._host, self._port)
+        self._server = await asyncio.start_server(self._on_accept, self._host, self._port, backlog=ACCEPT_BACKLOG)
         if self._mdns:
             self.discovery = Discovery(
                 self.port,
