@@ -16,7 +16,9 @@ from hyperpi.device.display import Display, open_device
 from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, Store
 
-HOLD = 0.05  # short hold time so the test is quick; the service uses buttons.HOLD_SECONDS
+# Hold time: short so the test is quick, long enough that a tap (a 5 ms sleep, which a loaded
+# machine can stretch tenfold) is never taken for a hold; the service uses buttons.HOLD_SECONDS.
+HOLD = 0.4
 
 
 def make_service(tmp_path: Path, board: str) -> tuple[DeviceService, Store]:
@@ -30,7 +32,7 @@ def make_service(tmp_path: Path, board: str) -> tuple[DeviceService, Store]:
 
 async def press(pin: object, hold: bool = False) -> None:
     pin.drive_low()  # type: ignore[attr-defined]
-    await asyncio.sleep(HOLD * 4 if hold else 0.005)
+    await asyncio.sleep(HOLD * 2 if hold else 0.005)
     pin.drive_high()  # type: ignore[attr-defined]
     await asyncio.sleep(0.02)  # let call_soon_threadsafe deliver
 
