@@ -178,36 +178,25 @@ class Store:
 
     def read_head(self, core: int) -> tuple | None:
         """(manifest, length, fork, byte_length, signature) as stored, unchecked; None: no record."""
-        try:
-            return self.db.execute(
-                "SELECT manifest, length, fork, byte_length, signature FROM cores WHERE id=?", (core,)
-            ).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        return self._row("SELECT manifest, length, fork, byte_length, signature FROM cores WHERE id=?", (core,))
 
     def write_head(
         self, core: int, length: int, byte_length: int, signature: bytes | None, fork: int | None = None
     ) -> None:
         """A new head (an append keeps the fork: None)."""
-        try:
-            if fork is None:
-                self.db.execute(
-                    "UPDATE cores SET length=?, byte_length=?, signature=? WHERE id=?",
-                    (length, byte_length, signature, core),
-                )
-            else:
-                self.db.execute(
-                    "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
-                    (length, fork, byte_length, signature, core),
-                )
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        if fork is None:
+            self._write(
+                "UPDATE cores SET length=?, byte_length=?, signature=? WHERE id=?",
+                (length, byte_length, signature, core),
+            )
+        else:
+            self._write(
+                "UPDATE cores SET length=?, fork=?, byte_length=?, signature=? WHERE id=?",
+                (length, fork, byte_length, signature, core),
+            )
 
     def write_manifest(self, core: int, manifest: bytes) -> None:
-        try:
-            self.db.execute("UPDATE cores SET manifest=? WHERE id=?", (manifest, core))
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        self._write("UPDATE cores SET manifest=? WHERE id=?", (manifest, core))
 
     def held_blocks(self, core: int, length: int) -> tuple[int, set[int]]:
         """(n, others): blocks 0..n-1 are held (n at most `length`), and `others` are the held
@@ -227,29 +216,15 @@ class Store:
 
     def read_block(self, core: int, index: int) -> tuple | None:
         """(value, leaf hash) of a held block, unchecked; None if not held."""
-        try:
-            self.flush_writes()
-            return self.db.execute("SELECT value, hash FROM blocks WHERE core=? AND idx=?", (core, index)).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        return self._row("SELECT value, hash FROM blocks WHERE core=? AND idx=?", (core, index))
 
     def read_node(self, core: int, index: int) -> tuple | None:
         """(size, hash) of a stored parent node (or a leaf of a block not held), unchecked."""
-        try:
-            self.flush_writes()
-            return self.db.execute("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (core, index)).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        return self._row("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (core, index))
 
     def read_leaf(self, core: int, block: int) -> tuple | None:
         """(size, hash) of a held block's leaf node, which lives in the block's row."""
-        try:
-            self.flush_writes()
-            return self.db.execute(
-                "SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (core, block)
-            ).fetchone()
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        return self._row("SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (core, block))
 
     def insert_blocks(self, core: int, blocks: Iterable[tuple[int, bytes, bytes]]) -> None:
         """Store (index, value, leaf hash) rows now."""
@@ -272,24 +247,35 @@ class Store:
         self._defer("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((core, index, value, leaf_hash),))
 
     def delete_block(self, core: int, index: int) -> None:
-        try:
-            self.db.execute("DELETE FROM blocks WHERE core=? AND idx=?", (core, index))
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        self._write("DELETE FROM blocks WHERE core=? AND idx=?", (core, index))
 
     def all_nodes(self, core: int) -> Iterator[tuple]:
         """Every stored (index, size, hash) parent node of a core, unchecked."""
-        try:
-            self.flush_writes()
-            yield from self.db.execute("SELECT idx, size, hash FROM nodes WHERE core=?", (core,))
-        except sqlite3.DatabaseError as error:
-            raise _storage_error(error) from None
+        return self._rows("SELECT idx, size, hash FROM nodes WHERE core=?", (core,))
 
     def all_blocks(self, core: int) -> Iterator[tuple]:
         """Every held (index, value, leaf hash) block of a core, unchecked."""
+        return self._rows("SELECT idx, value, hash FROM blocks WHERE core=?", (core,))
+
+    def _rows(self, sql: str, args: tuple) -> Iterator[tuple]:
+        """The rows of a query, read after the deferred writes."""
         try:
             self.flush_writes()
-            yield from self.db.execute("SELECT idx, value, hash FROM blocks WHERE core=?", (core,))
+            yield from self.db.execute(sql, args)
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def _row(self, sql: str, args: tuple) -> tuple | None:
+        """One row of a query, read after the deferred writes."""
+        try:
+            self.flush_writes()
+            return self.db.execute(sql, args).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            self.db.execute(sql, args)
         except sqlite3.DatabaseError as error:
             raise _storage_error(error) from None
 
