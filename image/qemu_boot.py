@@ -67,6 +67,8 @@ MULTI_USER = "Reached target multi-user.target"
 # GPIO 3 carries a fixed I2C pull-up that gpiozero refuses to float, on a CM3's SODIMM it does not,
 # and the virt button line is driven both ways with no pull.
 REVISIONS = {"raspi3b": 0xA02082, "raspi4b": 0xC03111, "virt": 0xA020A0}
+# The virt machine's CPU and memory: the booted machine and the DTB dumped for it must agree.
+VIRT_HARDWARE = ("-cpu", "cortex-a72", "-smp", "2", "-m", "1024")
 DTBS = {"raspi3b": "bcm2837-rpi-3-b.dtb", "raspi4b": "bcm2711-rpi-4-b.dtb"}
 # Lines the harness leaves high on raspi3b, standing in for the HATs' pull-ups: every button pin
 # of every board profile (hyperpi.device.boards).
@@ -215,12 +217,7 @@ class Machine:
                 "qemu-system-aarch64",
                 "-M",
                 "virt,acpi=off",
-                "-cpu",
-                "cortex-a72",
-                "-smp",
-                "2",
-                "-m",
-                "1024",
+                *VIRT_HARDWARE,
                 *common,
                 "-append",
                 self._kernel_args("ttyAMA0"),
@@ -285,12 +282,7 @@ class Machine:
                     "qemu-system-aarch64",
                     "-M",
                     f"virt,acpi=off,dumpdtb={out}",
-                    "-cpu",
-                    "cortex-a72",
-                    "-smp",
-                    "2",
-                    "-m",
-                    "1024",
+                    *VIRT_HARDWARE,
                     "-display",
                     "none",
                     "-nic",
