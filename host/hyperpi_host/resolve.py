@@ -74,17 +74,21 @@ def feed(text: str, what: str = "key") -> Resolved:
     elif kind == DEVICE:
         found = Resolved(devices.load_device(text).feed_key, DEVICE, text)
     else:
-        try:
-            key = parse_key(text)
-        except ValueError as error:
-            if keys.NAME_PATTERN.fullmatch(text):
-                raise UserError(
-                    f"{what}: no person or device is named {text!r} (see `hyperpi keys list` and "
-                    "`hyperpi devices --no-mdns`), and it is not a key either"
-                ) from None
-            raise UserError(f"{what}: bad key {text[:60]!r}: {error}") from None
+        key = _key_text(text, what, "no person or device", "`hyperpi keys list` and `hyperpi devices --no-mdns`")
         found = _owner_of_key(key)
     return found
+
+
+def _key_text(text: str, what: str, nobody: str, where_to_look: str) -> bytes:
+    """`text` as a key; a UserError that says whether it looked like a name nobody has, or a bad key."""
+    try:
+        return parse_key(text)
+    except ValueError as error:
+        if keys.NAME_PATTERN.fullmatch(text):
+            raise UserError(
+                f"{what}: {nobody} is named {text!r} (see {where_to_look}), and it is not a key either"
+            ) from None
+        raise UserError(f"{what}: bad key {text[:60]!r}: {error}") from None
 
 
 def owner_control_feed(text: str, what: str = "--owner") -> Resolved:
@@ -98,14 +102,7 @@ def owner_control_feed(text: str, what: str = "--owner") -> Resolved:
         if identity.control_feed_key is None:
             raise UserError(f"{what}: {text!r} is not an owner; create one with `hyperpi keys new --owner NAME`")
         return Resolved(identity.control_feed_key, OWNER, text)
-    try:
-        key = parse_key(text)
-    except ValueError as error:
-        if keys.NAME_PATTERN.fullmatch(text):
-            raise UserError(
-                f"{what}: no owner is named {text!r} (see `hyperpi keys list`), and it is not a key either"
-            ) from None
-        raise UserError(f"{what}: bad key {text[:60]!r}: {error}") from None
+    key = _key_text(text, what, "no owner", "`hyperpi keys list`")
     for identity in keys.list_identities():
         if identity.feed_key == key:
             raise UserError(f"{what}: that is the chat feed of {identity.name}; give the name {identity.name} instead")
