@@ -31,7 +31,8 @@ import pytest
 from hyperpi_host import blockdev, cli, flash
 from hyperpi_host.blockdev import SystemView
 from hyperpi_host.bmap import read_bmap, write_bmap
-from hyperpi_host.flash import FlashError, flash_image, open_target
+from hyperpi_host.flash import open_target
+from hyperpi_host.imagewrite import FlashError, flash_image
 from hyperpi_host.imagefile import open_image
 
 MiB = 1 << 20

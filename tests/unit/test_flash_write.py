@@ -19,8 +19,9 @@ import pytest
 
 from hyperpi_host import cli
 from hyperpi_host.bmap import make_bmap, read_bmap, write_bmap
-from hyperpi_host.flash import FlashError, flash_image, open_target
+from hyperpi_host.flash import open_target
 from hyperpi_host.imagefile import open_image
+from hyperpi_host.imagewrite import FlashError, flash_image
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 from hyperpi_host.cli import COMMAND_MODULES
 
 HOST = Path(__file__).resolve().parents[2] / "host" / "hyperpi_host"
-LIBRARY_MODULES = ["blockdev", "bmap", "imagefile", "partitions", "fatfs", "ext4fs", "progress"]
+LIBRARY_MODULES = ["blockdev", "bmap", "imagefile", "imagewrite", "partitions", "fatfs", "ext4fs", "progress"]
 
 
 def test_library_modules_load_neither_the_cli_nor_a_command() -> None:
