@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import re
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -530,12 +531,21 @@ def run(args: argparse.Namespace) -> int:
     old = devices.load_device(settings.name) if devices.is_recorded(settings.name) else None
     if old is not None and not args.force:
         when = time.strftime("%Y-%m-%d", time.localtime(old.provisioned_at))
-        raise UserError(
+        consequences = (
             f"a device {settings.name} was provisioned here on {when} (feed key "
             f"{z32_encode(old.feed_key)}); provisioning it again makes new keys, so the old card keeps "
             "its old identity and this computer can no longer pair it (flash the new image onto it "
-            "instead). Devices following the old one are moved to the new one. Add --force to do it"
+            "instead). Devices following the old one are moved to the new one."
         )
+        if not sys.stdin.isatty():  # a script gets the refusal, never a question it cannot answer
+            raise UserError(f"{consequences} Add --force to do it")
+        print(f"{consequences} Type 'yes' to provision {settings.name} again: ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = input()
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() != "yes":
+            raise UserError("not confirmed, nothing was written (--force skips this question)", 1)
     from hyperpi_host import resolve
 
     for what, found in said:

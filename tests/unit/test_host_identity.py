@@ -293,3 +293,41 @@ def test_chat_view_prints_what_it_holds_before_the_network(
     monkeypatch.setattr(netrun, "start_swarm", no_network)
     code, out, err = run(capsys, "chat", "view", key, "--store", str(tmp_path / "viewer"), "--exit-after", "2")
     assert code == 0 and out == "<ana> one\n<ana> two\n"
+
+
+def provision_at_a_terminal(image: Path, out: Path, answer: str) -> subprocess.CompletedProcess[str]:
+    """`hyperpi provision` with a terminal on stdin (a pty) that types `answer`."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer.encode() + b"\n")
+        return subprocess.run(
+            [*HYPERPI, "provision", str(image), "-o", str(out), "--device", "kitchen", "--board", "headless"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+def test_reprovisioning_at_a_terminal_asks_first(
+    base_image: Path,  # noqa: F811 (the fixture imported above)
+    hyperpi_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert provision_cli(capsys, base_image, tmp_path / "kitchen.img", "--device", "kitchen")[0] == 0
+    old = devices.load_device("kitchen").feed_key
+    refused = provision_at_a_terminal(base_image, tmp_path / "no.img", "no")
+    assert refused.returncode == 1, refused.stderr
+    assert "the old card keeps its old identity" in refused.stderr and "Type 'yes'" in refused.stderr
+    assert "not confirmed, nothing was written" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "no.img").exists() and devices.load_device("kitchen").feed_key == old
+    agreed = provision_at_a_terminal(base_image, tmp_path / "yes.img", "yes")
+    assert agreed.returncode == 0, agreed.stderr
+    assert (tmp_path / "yes.img").exists() and devices.load_device("kitchen").feed_key != old
