@@ -44,6 +44,18 @@ class UserError(Exception):
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for `yes | head`
 
 
+def confirm(question: str, skip_with: str) -> None:
+    """Ask on the terminal for `yes`; anything else is a UserError (exit 1) naming the option
+    (`skip_with`) that skips the question."""
+    print(question + " Type 'yes' to continue: ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = input()
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() != "yes":
+        raise UserError(f"not confirmed, nothing was written (pass {skip_with} to skip this question)", 1)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its mistakes in one line (usage stays in --help)."""
 

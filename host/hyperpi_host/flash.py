@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hyperpi_host import blockdev
 from hyperpi_host.bmap import BmapError, find_bmap, read_bmap
-from hyperpi_host.cli import UserError
+from hyperpi_host.cli import UserError, confirm
 from hyperpi_host.imagefile import ImageError, open_image
 from hyperpi_host.imagewrite import FlashError, FlashInterrupted, flash_image
 from hyperpi_host.progress import human_bytes
@@ -60,15 +60,8 @@ def _same_device(fd: int, checked: str, path: str) -> None:
 
 
 def _confirm(question: str, assume_yes: bool) -> None:
-    if assume_yes:
-        return
-    print(question + " Type 'yes' to continue: ", end="", file=sys.stderr, flush=True)
-    try:
-        answer = input()
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() != "yes":
-        raise UserError("not confirmed, nothing was written (pass --yes to skip this question)", 1)
+    if not assume_yes:
+        confirm(question, "--yes")
 
 
 def _unmount(mounts: list[tuple[str, str]]) -> None:

@@ -42,7 +42,7 @@ from hyperpi.hypercore.keys import (
 )
 from hyperpi.net.address import DEFAULT_PORT, parse_address
 from hyperpi_host import bmap, ext4fs, fatfs, home
-from hyperpi_host.cli import UserError
+from hyperpi_host.cli import UserError, confirm
 from hyperpi_host.imagefile import ImageError, open_image
 from hyperpi_host.partitions import Partition, PartitionError, boot_and_root
 
@@ -539,13 +539,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not sys.stdin.isatty():  # a script gets the refusal, never a question it cannot answer
             raise UserError(f"{consequences} Add --force to do it")
-        print(f"{consequences} Type 'yes' to provision {settings.name} again: ", end="", file=sys.stderr, flush=True)
-        try:
-            answer = input()
-        except EOFError:
-            answer = ""
-        if answer.strip().lower() != "yes":
-            raise UserError("not confirmed, nothing was written (--force skips this question)", 1)
+        confirm(f"{consequences} Provision {settings.name} again?", "--force")
     from hyperpi_host import resolve
 
     for what, found in said:
