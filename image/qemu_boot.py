@@ -75,9 +75,9 @@ DTBS = {"raspi3b": "bcm2837-rpi-3-b.dtb", "raspi4b": "bcm2711-rpi-4-b.dtb"}
 BUTTON_PINS = (4, 5, 6, 16, 17, 22, 23, 24, 27)
 
 # The Pi's SPI driver moves a frame by DMA; QEMU's SPI model has none (see `_dtb`), and by
-# interrupt a 4 KiB transfer needs ~70 interrupts on core 0, which the emulated Pi (also busy with
-# its emulated USB network's interrupts) sometimes serves more than the kernel's 200 ms transfer
-# timeout late: the frame then fails with ETIMEDOUT though nothing is wrong with it. Polling
+# interrupt a 4 KiB transfer needs ~70 interrupts on core 0, which the emulated Pi sometimes
+# serves more than the kernel's 200 ms transfer timeout late (seen around network activity): the
+# frame then fails with ETIMEDOUT though nothing is wrong with it. Polling
 # (spi-bcm2835's own `polling_limit_us` parameter, raised to 1 s) moves every transfer in the
 # sending thread with no interrupt and no timeout, through the same controller registers.
 SPI_BY_POLLING = "spi_bcm2835.polling_limit_us=1000000"
