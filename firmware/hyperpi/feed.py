@@ -81,7 +81,7 @@ class Feed:
         self.store = storage if isinstance(storage, Store) else Store(Path(storage))
         try:
             if key is None:
-                self.core = _named_core(self.store, name, compat)
+                self.core = open_named_core(self.store, name, compat=compat)
             else:
                 self.core = Core.open(self.store, parse_key(key) if isinstance(key, str) else key)
         except BaseException:
@@ -288,8 +288,9 @@ class Feed:
         return f"<Feed {self.id[:8]}... {mode} length={self.length} {self.value_encoding}>"
 
 
-def _named_core(store: Store, name: str, compat: bool) -> Core:
-    """The writable core called `name` in the store's folder, created on first use."""
+def open_named_core(store: Store, name: str, *, compat: bool = False) -> Core:
+    """The writable core called `name` in the store's folder, created on first use (its key in
+    `<folder>/<name>-feed`; `hyperpi chat write --store` keeps its feed as the name "chat")."""
     if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"a feed name is 1-64 letters, digits, '.', '_' or '-', not {name!r}")
     marker = store.path / f"{name}{NAME_FILE_SUFFIX}"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hyperpi import blockjson
 from hyperpi.device.timeline import sanitize
+from hyperpi.feed import NAME_FILE_SUFFIX, open_named_core
 from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import DEFAULT_PORT, Swarm
@@ -34,7 +35,8 @@ from . import home, keys, netrun, resolve
 from .cli import UserError
 from .storelock import LockedStore
 
-FEED_FILE = "chat-feed"  # the key (hex) of the feed this store writes
+FEED_NAME = "chat"  # the store's writable feed, by name (hyperpi.feed.open_named_core)
+FEED_FILE = f"{FEED_NAME}{NAME_FILE_SUFFIX}"  # the file holding its key (hex)
 MAX_QUEUED_LINES = 256  # stdin lines read ahead of the appends; reading waits while it is full
 VIEW_STORE = "view-store"  # chat view's default store, apart from the one chat write and pair lock
 NOTHING_ARRIVES_HINT_SECONDS = 10.0  # a viewer still empty this long says why, once
@@ -287,17 +289,9 @@ def _open_store(path: Path) -> Store:
 
 
 def _own_feed(store: Store, folder: Path) -> Core:
-    """The feed this store writes, created on first use."""
-    marker = folder / FEED_FILE
+    """The feed this store writes, created on first use (hyperpi.Feed(folder, name="chat") opens it too)."""
     try:
-        if marker.exists():
-            core = Core.open(store, bytes.fromhex(marker.read_text().strip()))
-            if not core.writable:
-                raise UserError(f"{folder} holds no secret key for its chat feed; it cannot write")
-            return core
-        core = Core.create(store)
-        home.write_atomic(marker, (core.key.hex() + "\n").encode(), home.SECRET_MODE)  # as the store's files
-        return core
+        return open_named_core(store, FEED_NAME)
     except (HypercoreError, ValueError) as error:
         raise UserError(f"cannot open the chat feed in {folder}: {error}") from None
     except OSError as error:
