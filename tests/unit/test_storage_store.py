@@ -381,3 +381,11 @@ def test_the_store_owns_its_sql():
     }
     assert privates == set()
     assert not re.search(r"\.db\b", source)
+
+
+def test_the_page_cache_is_set_by_the_store(tmp_path) -> None:
+    store = Store(tmp_path / "s", cache_kib=512)  # what the device asks for (device/main.py)
+    try:
+        assert store.db.execute("PRAGMA cache_size").fetchone()[0] == -512
+    finally:
+        store.close()

@@ -196,13 +196,12 @@ def open_store(path: Path) -> tuple[Store, bool]:
     feeds are fetched again and its own feed recovered from peers (service.py)."""
     repaired = False
     try:
-        store = Store(path)
+        store = Store(path, cache_kib=SQLITE_CACHE_KIB)
     except CorruptStore as e:
         aside = set_aside(path)
         log.error("feed store damaged (%s): set aside as %s; feeds are fetched again from peers", e, aside)
-        store = Store(path)
+        store = Store(path, cache_kib=SQLITE_CACHE_KIB)
         repaired = True
-    store.db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     return store, repaired
 
 

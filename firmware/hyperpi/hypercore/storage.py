@@ -77,8 +77,10 @@ class Store:
     StorageError (CorruptStore, DiskFull), never sqlite3's errors.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cache_kib: int | None = None) -> None:
+        """`cache_kib`: SQLite's page cache in KiB (None: SQLite's default, about 2 MiB)."""
         self.path = Path(path)
+        self._cache_kib = cache_kib
         self.db_path = self.path / DB_NAME
         try:
             # Modes are set, not left to the umask (000 would make all of it world-writable).
@@ -119,6 +121,8 @@ class Store:
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # see the module docstring
+        if self._cache_kib is not None:
+            db.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
         # Each checkpoint copies the WAL into the database and fsyncs it; SQLite's default
         # (1000 pages = 4 MiB) checkpoints several times per 100,000 chat messages. 32 MiB
         # lets a burst of appends run without them, at the cost of a WAL file up to that size.
