@@ -19,6 +19,8 @@ import sys
 from typing import NoReturn
 
 from hyperpi import __version__
+from hyperpi_host.home import HomeError
+from hyperpi_host.storelock import StoreLockError
 
 # Command-group modules, in the order `hyperpi --help` lists them.
 COMMAND_MODULES = [
@@ -42,6 +44,10 @@ class UserError(Exception):
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for `yes | head`
+
+# Library errors that nearly every command can meet (the home folder, a store in use), so they
+# are turned into one line here rather than in each command; the value is the exit status.
+LIBRARY_ERRORS: dict[type[Exception], int] = {HomeError: 2, StoreLockError: 1}
 
 
 def confirm(question: str, skip_with: str) -> None:
@@ -88,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"hyperpi: {error}", file=sys.stderr)
         return error.exit_code
+    except tuple(LIBRARY_ERRORS) as error:
+        print(f"hyperpi: {error}", file=sys.stderr)
+        return LIBRARY_ERRORS[type(error)]
     except KeyboardInterrupt:
         print("hyperpi: interrupted", file=sys.stderr)
         return 130

@@ -22,11 +22,11 @@ from hyperpi.hypercore.keys import discovery_key, z32_encode
 
 from . import home
 from .cli import UserError
+from .provisioning import DEVICES_DIR, NAME_RE
 
 if TYPE_CHECKING:
     from hyperpi.net.discovery import Peer
 
-DEVICES_DIR = "devices"  # provision.record_device writes <home>/devices/NAME.json
 LAST_SEEN_FILE = "last-seen.json"  # <home>/last-seen.json: when and where `devices` last saw each one
 DEFAULT_TIMEOUT = 2.0  # s; mDNS answers arrive within ~120 ms, resolving takes one more round
 MAX_TIMEOUT = 60.0  # s; a longer wait finds nothing more, peers answer the first query
@@ -56,8 +56,6 @@ def record_path(name: str) -> Path:
 
 def is_recorded(name: str) -> bool:
     """True if a device `name` was provisioned here (reads nothing but the folder)."""
-    from .provision import NAME_RE
-
     folder = home.home_path() / DEVICES_DIR
     return bool(NAME_RE.fullmatch(name)) and (folder / f"{name}.json").is_file()
 
@@ -100,15 +98,13 @@ def _key32(text: str) -> bytes:
 
 def list_devices() -> list[Device]:
     """Every readable device record, by name."""
-    from .provision import NAME_RE
-
     folder = home.home_path() / DEVICES_DIR
     devices = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         if NAME_RE.fullmatch(path.stem):
             try:
                 devices.append(load_device(path.stem))
-            except UserError:
+            except (UserError, home.HomeError):
                 continue  # a damaged record is reported when that device is named
     return devices
 
@@ -207,7 +203,7 @@ def load_last_seen() -> dict[str, dict]:
 def _save_last_seen(last_seen: dict[str, dict]) -> None:
     try:
         home.write_atomic(home.hyperpi_home() / LAST_SEEN_FILE, json.dumps(last_seen, sort_keys=True).encode())
-    except (OSError, UserError) as error:  # a listing still works on a read-only home
+    except (OSError, home.HomeError) as error:  # a listing still works on a read-only home
         print(f"hyperpi: cannot record where devices were seen: {error}", file=sys.stderr)
 
 

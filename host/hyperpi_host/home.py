@@ -14,12 +14,16 @@ import os
 from pathlib import Path
 
 from hyperpi.hypercore import secret_files
-from hyperpi_host.cli import UserError
 
 HOME_ENV = "HYPERPI_HOME"
 DIR_MODE = 0o700
 SECRET_MODE = secret_files.SECRET_MODE
 MAX_SECRET_BYTES = secret_files.MAX_SECRET_BYTES
+
+
+class HomeError(Exception):
+    """The state directory or a secret file in it cannot be used; the message says what to do.
+    The command line prints it as one line (hyperpi_host/cli.py)."""
 
 
 def hyperpi_home() -> Path:
@@ -47,9 +51,9 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create {path}: {error.strerror}; set {HOME_ENV} to a writable folder") from None
+        raise HomeError(f"cannot create {path}: {error.strerror}; set {HOME_ENV} to a writable folder") from None
     if not path.is_dir():
-        raise UserError(f"{path} is not a folder; move it away or set {HOME_ENV} elsewhere")
+        raise HomeError(f"{path} is not a folder; move it away or set {HOME_ENV} elsewhere")
     return path
 
 
@@ -65,10 +69,10 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def read_secret(path: Path) -> bytes:
-    """Read a secret file, refusing one that group or others may read (UserError, one line)."""
+    """Read a secret file, refusing one that group or others may read (HomeError)."""
     try:
         return secret_files.read_secret(path, MAX_SECRET_BYTES)
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
+        raise HomeError(f"{path} does not exist") from None
     except secret_files.SecretFileError as error:
-        raise UserError(str(error)) from None
+        raise HomeError(str(error)) from None

@@ -2,39 +2,47 @@
 
 A device provisioned with `--owner` follows that owner's control feed (README.md, "Pairing
 devices"). `pair add` and `pair rm` append a signed `follow` / `unfollow` entry for one device
-(`"device": its feed key`, the format `hyperpi.device.control` reads) to that feed, then join the
-LAN swarm on the feed's discovery key and wait until the device holds the entry. The device is
-recognised by the Noise key recorded at provisioning (`<home>/devices/NAME.json`), so another
-peer replicating the feed does not count as delivery.
+(built and checked by the pairing engine, pairing.py) to that feed, then join the LAN swarm on
+the feed's discovery key and wait until the device holds the entry. The device is recognised by
+the Noise key recorded at provisioning (`<home>/devices/NAME.json`), so another peer replicating
+the feed does not count as delivery.
 
 Nothing is lost when the device is away: the entry stays in the control feed, and `pair sync`
-(or any later `pair add`/`rm` while the device is reachable) delivers it. How much of the control
-feed each device is known to hold is kept in `<home>/pairing.json`, so `pair list` can show what
-is still pending without touching the network.
+(or any later `pair add`/`rm` while the device is reachable) delivers it. `pair list` shows what
+is still pending from what pairing.py recorded, without touching the network. This module is the
+command: arguments, owners, the wait on the LAN with its status line, and one-line errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
-from hyperpi.device.control import ControlEntry, ControlState, Follow, parse_entry
-from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
+from hyperpi.hypercore import Core, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
 
 from . import home, keys, netrun, resolve
 from .cli import UserError
 from .devices import Device, list_devices, load_device
+from .pairing import (
+    PairingError,
+    append,
+    entries_for,
+    follow_entry,
+    follows,
+    held_length,
+    needed_length,
+    record_held,
+    unfollow_entry,
+)
 
-PAIRING_FILE = "pairing.json"  # per device feed key: how much of its control feed it holds
 DEFAULT_TIMEOUT = 30.0  # s; a device on the LAN connects within a few seconds (mDNS + dial)
 # An hour: longer than anyone waits at a terminal; `pair sync` in a loop suits longer waits.
 MAX_TIMEOUT = 3600.0
@@ -66,95 +74,13 @@ def owner_of(device: Device, owner_name: str | None = None) -> str:
     )
 
 
-# --- the control feed's entries ------------------------------------------------------------------
-
-
-def follow_entry(device: Device, key: bytes, name: str) -> bytes:
-    return _entry({"type": "follow", "key": z32_encode(key), "name": name, "device": z32_encode(device.feed_key)})
-
-
-def unfollow_entry(device: Device, key: bytes) -> bytes:
-    return _entry({"type": "unfollow", "key": z32_encode(key), "device": z32_encode(device.feed_key)})
-
-
-def _entry(value: dict[str, str]) -> bytes:
-    block = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+@contextlib.contextmanager
+def _pairing_errors() -> Iterator[None]:
+    """The pairing engine's errors as the command line's one-line errors."""
     try:
-        parse_entry(block)  # what the device would refuse is refused here, before it is signed
-    except ValueError as error:
-        raise UserError(f"the device would not accept this: {error}") from None
-    return block
-
-
-def control_state(device: Device) -> ControlState:
-    """The device's state before any control-feed entry: the follows its settings gave it."""
-    return ControlState(device.feed_key, ((key, name) for name, key in device.follows))
-
-
-def entries_for(control: Core, device: Device) -> Iterable[tuple[int, ControlEntry]]:
-    """The control feed's entries the device applies (its own and the owner-wide ones), in order;
-    malformed ones are skipped, as the device skips them."""
-    state = control_state(device)
-    for index in range(control.contiguous_length):
-        try:
-            entry = parse_entry(control.get(index))
-        except ValueError:
-            continue
-        if state.meant_for(entry):
-            yield index, entry
-
-
-def follows(control: Core, device: Device) -> dict[bytes, Follow]:
-    """The follows in effect on `device` once it has applied every entry (replayed by the rules
-    the device applies them with), starting from those its settings gave it (index -1)."""
-    state = control_state(device)
-    for index, entry in entries_for(control, device):
-        state.apply(index, entry)
-    return state.follows
-
-
-def needed_length(control: Core, device: Device) -> int:
-    """How much of the control feed the device must hold to have every entry meant for it."""
-    last = -1
-    for index, _ in entries_for(control, device):
-        last = index
-    return last + 1
-
-
-# --- what each device is known to hold (<home>/pairing.json) -------------------------------------
-
-
-def _pairing_path() -> Path:
-    return home.hyperpi_home() / PAIRING_FILE
-
-
-def _load_pairing() -> dict[str, dict]:
-    try:
-        data = json.loads(_pairing_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}  # missing or damaged: every entry counts as pending, the next sync corrects it
-
-
-def held_length(device: Device) -> int:
-    """The control feed length `device` was last seen holding (0 if never seen)."""
-    record = _load_pairing().get(device.feed_key.hex())
-    if not isinstance(record, dict) or device.control_key is None:
-        return 0
-    if record.get("control_feed") != device.control_key.hex():
-        return 0  # a different owner since: what it held of the old feed says nothing
-    length = record.get("length")
-    return length if isinstance(length, int) and length >= 0 else 0
-
-
-def record_held(device: Device, length: int) -> None:
-    """Remember that `device` holds at least `length` blocks of its control feed."""
-    assert device.control_key is not None
-    if length <= held_length(device):
-        return
-    data = _load_pairing()
-    data[device.feed_key.hex()] = {"name": device.name, "control_feed": device.control_key.hex(), "length": length}
-    home.write_atomic(_pairing_path(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+        yield
+    except PairingError as error:
+        raise UserError(str(error)) from None
 
 
 # --- delivery: join the swarm until the devices hold their entries -------------------------------
@@ -350,14 +276,6 @@ def _check_timeout(args: argparse.Namespace) -> float:
     return args.timeout
 
 
-def _append(control: Core, block: bytes) -> int:
-    """Append one entry; its index."""
-    try:
-        return control.append([block]) - 1
-    except HypercoreError as error:
-        raise UserError(f"cannot write the control feed: {error}") from None
-
-
 def cmd_add(args: argparse.Namespace) -> int:
     device = load_device(args.device)
     found = resolve.feed(args.key, "KEY")
@@ -371,7 +289,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     timeout = _check_timeout(args)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
-    follow_entry(device, key, args.name)  # refused now if the device would refuse it
+    with _pairing_errors():
+        follow_entry(device, key, args.name)  # refused now if the device would refuse it
     resolve.say("KEY", found)
     with keys.open_store() as store:
         control = keys.open_control_feed(store, owner)
@@ -383,7 +302,8 @@ def cmd_add(args: argparse.Namespace) -> int:
                 print(
                     f"{device.name} already follows this feed as {current.name}; it will show it as {args.name.strip()}"
                 )
-            index = _append(control, follow_entry(device, key, args.name))
+            with _pairing_errors():
+                index = append(control, follow_entry(device, key, args.name))
             print(
                 f"{device.name} will follow {args.name.strip()} ({z32_encode(key)}): "
                 f"entry #{index} of {owner}'s control feed"
@@ -409,7 +329,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 "sending the unfollow anyway, for a follow from its settings",
                 file=sys.stderr,
             )
-        index = _append(control, unfollow_entry(device, key))
+        with _pairing_errors():
+            index = append(control, unfollow_entry(device, key))
         who = current.name if current else z32_encode(key)
         print(f"{device.name} will stop following {who}: entry #{index} of {owner}'s control feed")
         return _deliver_to([device], store, {owner}, options, timeout)

@@ -1,17 +1,11 @@
 """`hyperpi provision`: write one device's identity into a copy of the hyperpi SD card image.
 
-No root and no mounts: partitions are found in the MBR (`partitions`), the FAT boot partition
-is written with mtools (`fatfs`) and the ext4 root with debugfs (`ext4fs`).
-
-- Settings, nothing secret, go to the FAT partition as `/hyperpi/device.toml`, where the owner can
-  read and edit them from any computer (the image links /etc/hyperpi/device.toml there).
-- Secrets go into the ext4 root only, as 0600 files: the feed's and the Noise static key's secret
-  keys (owned by the service user), Wi-Fi credentials (owned by root: wpa_supplicant reads them,
-  the service never does; the passphrase is stored as its derived PSK, not as typed).
-- The host keeps the device's public identity in `<hyperpi home>/devices/<name>.json`, for pairing.
+The command: it checks every argument (names, keys, Wi-Fi, SSH keys, the device's own config
+check), refuses or asks before replacing a device, then has the engine (provisioning.py) write
+the image and record the device, and turns the engine's errors into one-line UserErrors.
 
 Everything is checked before anything is written; a bad argument is refused with one line and no
-output file. The output is written to `OUT.partial` and renamed only when complete and verified.
+output file.
 """
 
 from __future__ import annotations
@@ -19,52 +13,32 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import hashlib
-import json
-import mmap
-import os
-import re
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperpi.device.boards import BOARDS
-from hyperpi.device.config import ConfigError, parse_config
 from hyperpi.hypercore import HypercoreError
-from hyperpi.hypercore.keys import (
-    KeyPair,
-    core_key,
-    discovery_key,
-    generate_keypair,
-    z32_encode,
-)
+from hyperpi.hypercore.keys import z32_encode
 from hyperpi.net.address import DEFAULT_PORT, parse_address
-from hyperpi_host import bmap, ext4fs, fatfs, home
+from hyperpi_host import pairing
 from hyperpi_host.cli import UserError, confirm
-from hyperpi_host.imagefile import ImageError, open_image
-from hyperpi_host.partitions import Partition, PartitionError, boot_and_root
-
-# --- what the image (image/hooks/customize.sh) provides -------------------------------------
-SERVICE_UID = 900  # the `hyperpi` user and group; fixed in the image so no /etc/passwd lookup
-SERVICE_GID = 900
-STATE_DIR = "/var/lib/hyperpi"
-FEED_SECRET = f"{STATE_DIR}/feed.secret"  # 64 bytes, libsodium Ed25519 secret key (seed || public)
-NOISE_SECRET = f"{STATE_DIR}/noise.secret"  # 64 bytes, the Noise static key pair's secret key
-DEVICE_TOML = "/hyperpi/device.toml"  # on the FAT partition (mounted at /boot/firmware)
-WPA_CONF = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
-HOSTNAME = "/etc/hostname"
-ROOT_SSH_DIR = "/root/.ssh"
-AUTHORIZED_KEYS = f"{ROOT_SSH_DIR}/authorized_keys"
-SSH_WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/ssh.service"
-SSH_UNIT = "/lib/systemd/system/ssh.service"
-SECRET_MODE = 0o600
+from hyperpi_host.partitions import PartitionError  # noqa: F401 - tests/image/test_provision.py names it here
+from hyperpi_host.provisioning import (
+    NAME_RE,
+    Identity,
+    ProvisionError,
+    Settings,
+    Wifi,
+    bmap_path,
+    device_toml,
+    new_identity,
+    record_device,
+    wifi_psk,
+    write_image,
+)
 
 # --- limits and formats -------------------------------------------------------------------
-# The name becomes the host name too, so: a DNS label (letters, digits, hyphen), at most 32
-# characters as the device config allows (DNS would allow 63).
-NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?")
 MAX_SSID_BYTES = 32  # IEEE 802.11
 PSK_PASSPHRASE_CHARS = (8, 63)  # IEEE 802.11i: 8..63 printable ASCII, or 64 hex digits
 MAX_SSH_KEY_FILE = 64 * 1024  # a few public keys; a bigger file is the wrong file
@@ -77,7 +51,6 @@ SSH_KEY_TYPES = {
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 }
-COPY_CHUNK = 1 << 20  # sparse copy: all-zero chunks of this size become holes
 
 # ISO 3166-1 alpha-2 (249 codes, from Debian's iso-codes 4.15): the Wi-Fi regulatory domain.
 COUNTRY_CODES = frozenset(
@@ -92,38 +65,6 @@ SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ
 TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
 """.split()
 )
-
-
-@dataclass(frozen=True)
-class Wifi:
-    ssid: str
-    psk_hex: str  # the 256-bit PSK wpa_supplicant uses, derived from the passphrase
-    country: str
-
-
-@dataclass
-class Settings:
-    """One device's checked settings: everything `provision` writes, before keys exist."""
-
-    name: str
-    board: str
-    presets: list[str] = field(default_factory=list)
-    follows: list[tuple[str, bytes]] = field(default_factory=list)
-    owner: bytes | None = None
-    listen_port: int = DEFAULT_PORT
-    peers: list[str] = field(default_factory=list)
-    wifi: Wifi | None = None
-    ssh_keys: str | None = None  # authorized_keys text
-
-
-@dataclass(frozen=True)
-class Identity:
-    feed: KeyPair
-    noise: KeyPair
-
-    @property
-    def feed_key(self) -> bytes:
-        return core_key(self.feed.public_key)
 
 
 # --- checking the arguments ----------------------------------------------------------------
@@ -157,14 +98,10 @@ def check_wifi(ssid: str | None, passphrase: str | None, country: str | None) ->
     if cc not in COUNTRY_CODES:
         raise UserError(f"--wifi-country {country!r} is not an ISO 3166-1 alpha-2 code (e.g. DE, GB, US)")
     lo, hi = PSK_PASSPHRASE_CHARS
-    if len(passphrase) == 64 and all(c in "0123456789abcdefABCDEF" for c in passphrase):
-        psk = passphrase.lower()
-    elif lo <= len(passphrase) <= hi and all(" " <= c <= "~" for c in passphrase):
-        # IEEE 802.11i PSK = PBKDF2-HMAC-SHA1(passphrase, ssid, 4096 rounds, 256 bits), as wpa_passphrase.
-        psk = hashlib.pbkdf2_hmac("sha1", passphrase.encode(), raw_ssid, 4096, 32).hex()
-    else:
+    is_hex_psk = len(passphrase) == 64 and all(c in "0123456789abcdefABCDEF" for c in passphrase)
+    if not is_hex_psk and not (lo <= len(passphrase) <= hi and all(" " <= c <= "~" for c in passphrase)):
         raise UserError(f"--wifi-psk must be {lo} to {hi} printable ASCII characters, or 64 hex digits")
-    return Wifi(ssid, psk, cc)
+    return Wifi(ssid, wifi_psk(passphrase, ssid), cc)
 
 
 def resolve_follow(spec: str, said: list) -> tuple[str, bytes]:
@@ -266,159 +203,14 @@ def settings_from_args(args: argparse.Namespace, said: list | None = None) -> Se
     names = [n for n, _ in settings.follows]
     if len(set(names)) != len(names):
         raise UserError("--follow: each name may appear once")
-    device_toml(settings)  # the service's own config check, before anything is written
+    try:
+        device_toml(settings)  # the service's own config check, before anything is written
+    except ProvisionError as error:
+        raise UserError(str(error)) from None
     return settings
 
 
-# --- what goes into the image ----------------------------------------------------------------
-
-
-def _toml_str(text: str) -> str:
-    # A JSON string is a valid TOML basic string for printable text (checked before).
-    return json.dumps(text, ensure_ascii=False)
-
-
-def device_toml(settings: Settings) -> bytes:
-    """The settings file in the format of hyperpi.device.config, checked by its own parser."""
-    lines = [
-        "# hyperpi device settings, written by `hyperpi provision`. Nothing secret is kept here:",
-        "# keys live in /var/lib/hyperpi on the root partition. Edit and reboot to change.",
-        f"name = {_toml_str(settings.name)}",
-        f"board = {_toml_str(settings.board)}",
-        f"listen_port = {settings.listen_port}",
-    ]
-    if settings.presets:
-        lines.append("presets = [" + ", ".join(_toml_str(p) for p in settings.presets) + "]")
-    if settings.owner is not None:
-        lines.append(f"owner = {_toml_str(z32_encode(settings.owner))}")
-    if settings.peers:
-        lines.append("peers = [" + ", ".join(_toml_str(p) for p in settings.peers) + "]")
-    for name, key in settings.follows:
-        lines += ["", "[[follow]]", f"name = {_toml_str(name)}", f"key = {_toml_str(z32_encode(key))}"]
-    text = "\n".join(lines) + "\n"
-    data = tomllib.loads(text)
-    try:
-        parse_config(data, Path(DEVICE_TOML))
-    except ConfigError as error:
-        raise UserError(f"the device would reject these settings: {error}") from None
-    return text.encode()
-
-
-def wpa_conf(wifi: Wifi) -> bytes:
-    # ssid as hex: any bytes, no quoting rules. psk as 64 hex digits: the passphrase itself never
-    # reaches the card.
-    return (
-        "# Written by `hyperpi provision`; 0600 root.\n"
-        f"country={wifi.country}\n"
-        "update_config=0\n"
-        "network={\n"
-        f"    ssid={wifi.ssid.encode().hex()}\n"
-        f"    psk={wifi.psk_hex}\n"
-        "    scan_ssid=1\n"
-        "}\n"
-    ).encode()
-
-
-def secrets_of(identity: Identity, wifi: Wifi | None) -> list[bytes]:
-    """Byte strings that must never appear on the FAT partition (raw and as text)."""
-    raw = [
-        identity.feed.secret_key,
-        identity.feed.secret_key[:32],
-        identity.noise.secret_key,
-        identity.noise.secret_key[:32],
-    ]
-    found = raw + [r.hex().encode() for r in raw] + [base64.b64encode(r) for r in raw]
-    if wifi is not None:
-        found += [wifi.psk_hex.encode(), bytes.fromhex(wifi.psk_hex)]
-    return found
-
-
-# --- the image ---------------------------------------------------------------------------------
-
-
-def copy_image(source: Path, target: Path) -> None:
-    """Copy an image in any format `hyperpi flash` reads (raw, xz, gzip, zstd, bzip2) to a new
-    0600 file (it will hold the device's keys), keeping runs of zeros as holes (a sparse file)."""
-    try:
-        image = open_image(source)
-    except ImageError as error:
-        raise UserError(str(error)) from None
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
-        with image, os.fdopen(fd, "wb") as dst:
-            os.fchmod(dst.fileno(), SECRET_MODE)  # whatever the umask
-            zero = bytes(COPY_CHUNK)
-            buffer = memoryview(bytearray(COPY_CHUNK))
-            size = 0
-            while n := image.readinto(buffer):
-                if buffer[:n] == zero[:n]:
-                    dst.seek(n, os.SEEK_CUR)
-                else:
-                    dst.write(buffer[:n])
-                size += n
-            dst.truncate(size)
-    except ImageError as error:
-        raise UserError(f"{source}: {error}") from None
-    except OSError as error:
-        raise UserError(f"cannot copy {source} to {target}: {error.strerror or error}") from None
-
-
-def check_image(image: Path) -> tuple[Partition, Partition]:
-    """The boot and root partitions of a hyperpi image; UserError if it is not one."""
-    try:
-        boot, root = boot_and_root(image)
-        state = ext4fs.stat(image, root, STATE_DIR)
-    except (PartitionError, ext4fs.Ext4Error) as error:
-        raise UserError(str(error)) from None
-    if state is None or state.file_type != "directory" or state.uid != SERVICE_UID:
-        raise UserError(f"{image} is not a hyperpi image (no {STATE_DIR} owned by the service user)")
-    return boot, root
-
-
-def write_identity(image: Path, settings: Settings, identity: Identity) -> None:
-    boot, root = check_image(image)
-    fatfs.write_file(image, boot, DEVICE_TOML, device_toml(settings))
-    write = ext4fs.write_file
-    write(image, root, FEED_SECRET, identity.feed.secret_key, SECRET_MODE, SERVICE_UID, SERVICE_GID)
-    write(image, root, NOISE_SECRET, identity.noise.secret_key, SECRET_MODE, SERVICE_UID, SERVICE_GID)
-    write(image, root, HOSTNAME, f"{settings.name.lower()}\n".encode(), 0o644, 0, 0)
-    if settings.wifi is not None:
-        write(image, root, WPA_CONF, wpa_conf(settings.wifi), SECRET_MODE, 0, 0)
-    if settings.ssh_keys is not None:
-        ext4fs.make_dir(image, root, ROOT_SSH_DIR, 0o700, 0, 0)
-        write(image, root, AUTHORIZED_KEYS, settings.ssh_keys.encode(), SECRET_MODE, 0, 0)
-        ext4fs.symlink(image, root, SSH_WANTS_LINK, SSH_UNIT)
-    assert_no_secret_on_fat(image, boot, secrets_of(identity, settings.wifi))
-
-
-def assert_no_secret_on_fat(image: Path, boot: Partition, secrets: list[bytes]) -> None:
-    """Scan every byte of the FAT partition (free space too) for the secrets."""
-    with open(image, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        leaked = any(m.find(secret, boot.start, boot.end) != -1 for secret in secrets)
-    if leaked:
-        raise UserError("internal error: a secret reached the FAT partition; the image was not written")
-
-
-def record_device(settings: Settings, identity: Identity, image: Path) -> Path:
-    """The device's public identity on the host, for pairing later."""
-    feed_key = identity.feed_key
-    record = {
-        "name": settings.name,
-        "board": settings.board,
-        "feed_key": z32_encode(feed_key),
-        "feed_key_hex": feed_key.hex(),
-        "feed_public_key_hex": identity.feed.public_key.hex(),
-        "discovery_key_hex": discovery_key(feed_key).hex(),
-        "noise_public_key_hex": identity.noise.public_key.hex(),
-        "listen_port": settings.listen_port,
-        "owner_hex": settings.owner.hex() if settings.owner else None,
-        "follows": [{"name": name, "key_hex": key.hex()} for name, key in settings.follows],
-        "image": str(image.resolve()),
-        "provisioned_at": int(time.time()),
-    }
-    path = home.home_subdir("devices") / f"{settings.name}.json"
-    home.write_atomic(path, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
-    return path
+# --- writing the image -------------------------------------------------------------------------
 
 
 def provision(
@@ -433,35 +225,12 @@ def provision(
         raise UserError("-o must not be the input image: provisioning writes a copy")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
-    identity = identity or Identity(feed=generate_keypair(), noise=generate_keypair())
-    partial = out.with_name(out.name + ".partial")
-    partial_bmap = out.with_name(out.name + ".bmap.partial")
-    for stale in (partial, partial_bmap):
-        stale.unlink(missing_ok=True)
+    identity = identity or new_identity()
     try:
-        copy_image(source, partial)
-        try:
-            write_identity(partial, settings, identity)
-        except UserError as error:  # name the user's file, not our temporary copy
-            raise UserError(str(error).replace(str(partial), str(source))) from None
-        # The bmap lets `hyperpi flash` write only the mapped blocks. It is 0600 like the image:
-        # its checksum of the block holding the Wi-Fi PSK would allow guessing the passphrase.
-        home.write_secret(partial_bmap, bmap.make_bmap(partial).encode())
-        os.replace(partial, out)
-        os.replace(partial_bmap, bmap_path(out))
-    except (fatfs.FatError, ext4fs.Ext4Error) as error:
-        raise UserError(f"cannot provision {source}: {error}") from None
-    except OSError as error:
-        raise UserError(f"cannot write {out}: {error.strerror or error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-        partial_bmap.unlink(missing_ok=True)
+        write_image(source, out, settings, identity)
+    except ProvisionError as error:
+        raise UserError(str(error)) from None
     return identity, record_device(settings, identity, out)
-
-
-def bmap_path(image: Path) -> Path:
-    """Where the image's bmap goes: `kitchen.img` -> `kitchen.img.bmap`, found by `hyperpi flash`."""
-    return image.with_name(image.name + ".bmap")
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -561,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
 def _move_followers(old_key: bytes, new_key: bytes, name: str) -> None:
     """Devices of an owner on this computer that follow the old feed key follow the new one
     instead: an unfollow and a follow entry on the owner's control feed, delivered as pairing is."""
-    from hyperpi_host import devices, keys, pair
+    from hyperpi_host import devices, keys
 
     owners = {i.control_feed_key: i.name for i in keys.list_identities() if i.control_feed_key is not None}
     followers = [d for d in devices.list_devices() if d.control_key in owners and d.name != name]
@@ -571,13 +340,17 @@ def _move_followers(old_key: bytes, new_key: bytes, name: str) -> None:
     with keys.open_store() as store:
         for device in followers:
             control = keys.open_control_feed(store, owners[device.control_key])
-            current = pair.follows(control, device).get(old_key)
+            current = pairing.follows(control, device).get(old_key)
             if current is None:
                 continue
             try:
-                control.append([pair.unfollow_entry(device, old_key), pair.follow_entry(device, new_key, current.name)])
+                control.append(
+                    [pairing.unfollow_entry(device, old_key), pairing.follow_entry(device, new_key, current.name)]
+                )
             except HypercoreError as error:
                 raise UserError(f"cannot write the control feed of {owners[device.control_key]}: {error}") from None
+            except pairing.PairingError as error:
+                raise UserError(str(error)) from None
             moved.append(device.name)
     if moved:
         print(f"moved:     {', '.join(moved)} will follow the new {name}; deliver with: hyperpi pair sync")

@@ -17,11 +17,14 @@ from pathlib import Path
 
 from hyperpi.hypercore import Store
 
-from .cli import UserError
-
 LOCK_FILE = "hyperpi.lock"
 MAX_HOLDER_TEXT = 200  # bytes of "pid N: hyperpi chat write" read back; more is not ours
-EXIT_IN_USE = 1
+
+
+class StoreLockError(Exception):
+    """The store folder cannot be locked: another process holds it, or the folder is unusable.
+    The command line prints it as one line and exits 1 (hyperpi_host/cli.py)."""
+
 
 _held: dict[Path, list[int]] = {}  # store folder -> [lock fd, how many opens hold it]
 
@@ -33,7 +36,7 @@ def _holder_text() -> str:
 
 
 def acquire(folder: Path) -> None:
-    """Hold `folder`'s lock (creating the folder 0700); UserError naming the holder if taken."""
+    """Hold `folder`'s lock (creating the folder 0700); StoreLockError naming the holder if taken."""
     folder = folder.resolve()
     if folder in _held:
         _held[folder][1] += 1
@@ -42,15 +45,14 @@ def acquire(folder: Path) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
-        raise UserError(f"cannot use {folder} as a store: {error.strerror}", EXIT_IN_USE) from None
+        raise StoreLockError(f"cannot use {folder} as a store: {error.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, MAX_HOLDER_TEXT, 0).decode("utf-8", "replace").strip() or "another process"
         os.close(fd)
-        raise UserError(
-            f"the store {folder} is in use by {holder}; stop that command or wait for it to end",
-            EXIT_IN_USE,
+        raise StoreLockError(
+            f"the store {folder} is in use by {holder}; stop that command or wait for it to end"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, (_holder_text() + "\n").encode(), 0)

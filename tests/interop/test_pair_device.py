@@ -24,7 +24,7 @@ from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, KeyPair, Store, generate_keypair, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.swarm import Swarm
-from hyperpi_host import keys, pair, provision
+from hyperpi_host import keys, pair, pairing, provisioning
 from tests.unit.test_host_pair import make_device, run
 
 T = TypeVar("T")
@@ -125,7 +125,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def kitchen(hyperpi_home: Path, tmp_path: Path) -> Iterator[tuple[provision.Identity, bytes]]:  # noqa: F811
+def kitchen(hyperpi_home: Path, tmp_path: Path) -> Iterator[tuple[provisioning.Identity, bytes]]:  # noqa: F811
     """Owner `alice`, her device `kitchen` recorded on the host: (its identity, control key)."""
     identity = keys.create_identity("alice", owner=True)
     assert identity.control_feed_key is not None
@@ -133,7 +133,7 @@ def kitchen(hyperpi_home: Path, tmp_path: Path) -> Iterator[tuple[provision.Iden
 
 
 def test_add_waits_until_the_device_follows_then_rm(
-    kitchen: tuple[provision.Identity, bytes], tmp_path: Path, capsys: pytest.CaptureFixture
+    kitchen: tuple[provisioning.Identity, bytes], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     device, control_key = kitchen
     ana = generate_keypair().public_key
@@ -153,11 +153,11 @@ def test_add_waits_until_the_device_follows_then_rm(
         code, out, err = run(capsys, "pair", "rm", "kitchen", ana.hex(), *net)
         assert code == 0, err
         stand_in.wait_for(lambda s: ana not in s.feeds)
-    assert pair.held_length(pair.load_device("kitchen")) == 2
+    assert pairing.held_length(pair.load_device("kitchen")) == 2
 
 
 def test_offline_device_gets_the_entry_from_sync(
-    kitchen: tuple[provision.Identity, bytes], tmp_path: Path, capsys: pytest.CaptureFixture
+    kitchen: tuple[provisioning.Identity, bytes], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     device, control_key = kitchen
     ana, bob = generate_keypair().public_key, generate_keypair().public_key
@@ -181,7 +181,7 @@ def test_offline_device_gets_the_entry_from_sync(
 
 
 def test_only_the_recorded_device_counts(
-    kitchen: tuple[provision.Identity, bytes],
+    kitchen: tuple[provisioning.Identity, bytes],
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
     hyperpi_home: Path,  # noqa: F811
@@ -195,7 +195,7 @@ def test_only_the_recorded_device_counts(
         code, _, err = run(capsys, "pair", "add", "kitchen", z32_encode(ana), "--name", "Ana", *net, "--timeout", "2")
         assert code == pair.EXIT_NOT_DELIVERED, err
         stand_in.wait_for(lambda s: ana in s.feeds)  # it did replicate the entry...
-        assert pair.held_length(pair.load_device("kitchen")) == 0  # ...but is not kitchen
+        assert pairing.held_length(pair.load_device("kitchen")) == 0  # ...but is not kitchen
 
         # A record without a Noise key (older provisioning) accepts any peer holding the entry.
         record_path = hyperpi_home / "devices" / "kitchen.json"

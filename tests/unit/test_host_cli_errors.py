@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hyperpi.hypercore import generate_keypair
-from hyperpi_host import cli, devices, keys, netrun, provision
+from hyperpi_host import cli, devices, keys, netrun, provisioning
 
 HYPERPI = [sys.executable, "-m", "hyperpi_host.cli"]
 CASE_TIMEOUT = 20  # s; a case that gets this far is waiting for something: a failure
@@ -45,9 +45,9 @@ def household(hyperpi_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     keys.create_identity("ana", owner=True)
     keys.create_identity("bea")
     control = keys.load_identity("ana").control_feed_key
-    identity = provision.Identity(feed=generate_keypair(), noise=generate_keypair())
-    settings = provision.Settings(name="kitchen", board="headless", owner=control)
-    provision.record_device(settings, identity, tmp_path / "k.img")
+    identity = provisioning.Identity(feed=generate_keypair(), noise=generate_keypair())
+    settings = provisioning.Settings(name="kitchen", board="headless", owner=control)
+    provisioning.record_device(settings, identity, tmp_path / "k.img")
 
     def unreachable(*args: object, **kwargs: object) -> None:
         raise ReachedNetwork

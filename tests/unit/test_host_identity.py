@@ -15,7 +15,7 @@ import pytest
 
 from hyperpi.hypercore import generate_keypair, z32_encode
 from hyperpi.hypercore.keys import qr_payload
-from hyperpi_host import devices, keys, pair, provision, resolve
+from hyperpi_host import devices, keys, pair, pairing, provisioning, resolve
 from tests.conftest import run_cli as run
 
 # The small real SD card image of the provisioning tests (sfdisk, mkfs.vfat, mke2fs -d).
@@ -24,17 +24,17 @@ from tests.image.test_provision import base_image  # noqa: F401 - a fixture
 HYPERPI = [sys.executable, "-m", "hyperpi_host.cli"]
 
 
-def make_device(name: str, owner: str | None, follows: list[tuple[str, bytes]] = ()) -> provision.Identity:
+def make_device(name: str, owner: str | None, follows: list[tuple[str, bytes]] = ()) -> provisioning.Identity:
     """Record a device as `hyperpi provision` does (no image needed)."""
     control = keys.load_identity(owner).control_feed_key if owner else None
-    identity = provision.Identity(feed=generate_keypair(), noise=generate_keypair())
-    settings = provision.Settings(name=name, board="oled-bonnet", owner=control, follows=list(follows))
-    provision.record_device(settings, identity, Path(f"/nonexistent/{name}.img"))
+    identity = provisioning.Identity(feed=generate_keypair(), noise=generate_keypair())
+    settings = provisioning.Settings(name=name, board="oled-bonnet", owner=control, follows=list(follows))
+    provisioning.record_device(settings, identity, Path(f"/nonexistent/{name}.img"))
     return identity
 
 
 @pytest.fixture
-def household(hyperpi_home: Path) -> dict[str, provision.Identity]:
+def household(hyperpi_home: Path) -> dict[str, provisioning.Identity]:
     """Owner `ana`, person `bea`, devices `kitchen` and `hall` owned by ana."""
     keys.create_identity("ana", owner=True)
     keys.create_identity("bea")
@@ -210,7 +210,7 @@ def test_reprovisioning_a_device_refuses_then_moves_its_followers(
     assert "moved:     hall will follow the new kitchen" in out
     with keys.open_store() as store:
         control = keys.open_control_feed(store, "ana")
-        in_effect = pair.follows(control, devices.load_device("hall"))
+        in_effect = pairing.follows(control, devices.load_device("hall"))
     assert set(in_effect) == {new} and in_effect[new].name == "kitchen"
 
 

@@ -52,7 +52,7 @@ def test_read_secret_refuses_loose_permissions(hyperpi_home: Path, loose_mode: i
     path = hyperpi_home / "s.secret"
     home.write_secret(path, b"x")
     path.chmod(loose_mode)
-    with pytest.raises(cli.UserError, match=f"chmod 600 {path}"):
+    with pytest.raises(home.HomeError, match=f"chmod 600 {path}"):
         home.read_secret(path)
 
 

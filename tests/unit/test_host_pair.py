@@ -16,16 +16,16 @@ from hyperpi.device.service import DeviceService
 from hyperpi.hypercore import Core, Store, generate_keypair, z32_encode
 from hyperpi.hypercore.keys import qr_payload
 from hyperpi.hypercore.types import BlockRequest, ProofRequest, UpgradeRequest
-from hyperpi_host import keys, pair, provision
+from hyperpi_host import keys, pair, pairing, provisioning
 from tests.conftest import run_cli as run
 
 
-def make_device(name: str, owner: str | None, tmp_path: Path) -> provision.Identity:
+def make_device(name: str, owner: str | None, tmp_path: Path) -> provisioning.Identity:
     """Record a device as `hyperpi provision --device NAME --owner OWNER` does (no image needed)."""
     control = keys.load_identity(owner).control_feed_key if owner else None
-    identity = provision.Identity(feed=generate_keypair(), noise=generate_keypair())
-    settings = provision.Settings(name=name, board="headless", owner=control)
-    provision.record_device(settings, identity, tmp_path / f"{name}.img")
+    identity = provisioning.Identity(feed=generate_keypair(), noise=generate_keypair())
+    settings = provisioning.Settings(name=name, board="headless", owner=control)
+    provisioning.record_device(settings, identity, tmp_path / f"{name}.img")
     return identity
 
 
@@ -43,7 +43,7 @@ def control_entries(owner: str) -> list[dict]:
 
 
 @pytest.fixture
-def owned(hyperpi_home: Path, tmp_path: Path) -> provision.Identity:
+def owned(hyperpi_home: Path, tmp_path: Path) -> provisioning.Identity:
     """Owner `alice` with device `kitchen`; also a plain key `bob` to follow."""
     keys.create_identity("alice", owner=True)
     keys.create_identity("bob")
@@ -51,7 +51,7 @@ def owned(hyperpi_home: Path, tmp_path: Path) -> provision.Identity:
 
 
 def test_offline_add_writes_a_follow_entry_and_keeps_it_pending(
-    owned: provision.Identity, capsys: pytest.CaptureFixture
+    owned: provisioning.Identity, capsys: pytest.CaptureFixture
 ) -> None:
     ana = generate_keypair().public_key
     code, out, err = run(capsys, "pair", "add", "kitchen", z32_encode(ana), "--name", "Ana", "--timeout", "0")
@@ -70,7 +70,7 @@ def test_offline_add_writes_a_follow_entry_and_keeps_it_pending(
     assert "1 entry not yet on kitchen" in err and "hyperpi pair sync kitchen" in err
 
 
-def test_keys_accepted_in_every_form(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+def test_keys_accepted_in_every_form(owned: provisioning.Identity, capsys: pytest.CaptureFixture) -> None:
     ana = generate_keypair().public_key
     bob = keys.load_identity("bob").feed_key
     forms = [("A1", z32_encode(ana)), ("A2", ana.hex()), ("A3", qr_payload(ana)), ("Bob", "bob")]
@@ -81,12 +81,12 @@ def test_keys_accepted_in_every_form(owned: provision.Identity, capsys: pytest.C
     # The last name given wins, as on the device.
     with keys.open_store() as store:
         device = pair.load_device("kitchen")
-        follows = pair.follows(keys.open_control_feed(store, "alice"), device)
+        follows = pairing.follows(keys.open_control_feed(store, "alice"), device)
     assert {k: f.name for k, f in follows.items()} == {ana: "A3", bob: "Bob"}
 
 
 def test_the_device_applies_what_pair_writes(
-    owned: provision.Identity, tmp_path: Path, capsys: pytest.CaptureFixture
+    owned: provisioning.Identity, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A DeviceService reading the control feed ends with exactly the follows `pair list` shows,
     and ignores entries meant for another device of the same owner."""
@@ -119,7 +119,7 @@ def test_the_device_applies_what_pair_writes(
             device_store.close()
 
 
-def test_duplicate_add_appends_nothing(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+def test_duplicate_add_appends_nothing(owned: provisioning.Identity, capsys: pytest.CaptureFixture) -> None:
     ana = z32_encode(generate_keypair().public_key)
     run(capsys, "pair", "add", "kitchen", ana, "--name", "Ana", "--timeout", "0")
     code, out, _ = run(capsys, "pair", "add", "kitchen", ana, "--name", "Ana", "--timeout", "0")
@@ -128,7 +128,7 @@ def test_duplicate_add_appends_nothing(owned: provision.Identity, capsys: pytest
 
 
 def test_rm_of_a_feed_not_paired_still_sends_the_unfollow(
-    owned: provision.Identity, capsys: pytest.CaptureFixture
+    owned: provisioning.Identity, capsys: pytest.CaptureFixture
 ) -> None:
     other = generate_keypair().public_key
     code, _, err = run(capsys, "pair", "rm", "kitchen", other.hex(), "--timeout", "0")
@@ -155,7 +155,7 @@ def test_rm_of_a_feed_not_paired_still_sends_the_unfollow(
     ],
 )
 def test_refusals_are_one_line_and_change_nothing(
-    owned: provision.Identity, capsys: pytest.CaptureFixture, argv: tuple[str, ...], message: str
+    owned: provisioning.Identity, capsys: pytest.CaptureFixture, argv: tuple[str, ...], message: str
 ) -> None:
     code, out, err = run(capsys, "pair", *argv)
     assert code == 2, (out, err)
@@ -163,7 +163,7 @@ def test_refusals_are_one_line_and_change_nothing(
     assert control_entries("alice") == []
 
 
-def test_own_feed_refused(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+def test_own_feed_refused(owned: provisioning.Identity, capsys: pytest.CaptureFixture) -> None:
     code, _, err = run(capsys, "pair", "add", "kitchen", z32_encode(owned.feed_key), "--name", "Me")
     assert code == 2 and "kitchen's own feed" in err
     assert control_entries("alice") == []
@@ -182,27 +182,27 @@ def test_device_without_owner_or_foreign_owner(
     assert code == 2 and "not a key on this computer" in err and "hyperpi keys import" in err
 
 
-def test_damaged_device_record(owned: provision.Identity, capsys: pytest.CaptureFixture, hyperpi_home: Path) -> None:
+def test_damaged_device_record(owned: provisioning.Identity, capsys: pytest.CaptureFixture, hyperpi_home: Path) -> None:
     (hyperpi_home / "devices" / "kitchen.json").write_text("{not json")
     code, _, err = run(capsys, "pair", "list", "kitchen")
     assert code == 2 and "damaged" in err and "provision the device again" in err
 
 
-def test_list_empty_and_sync_with_nothing_pending(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+def test_list_empty_and_sync_with_nothing_pending(owned: provisioning.Identity, capsys: pytest.CaptureFixture) -> None:
     code, out, err = run(capsys, "pair", "list", "kitchen")
     assert code == 0 and "follows no feeds" in out and err == ""
     code, out, _ = run(capsys, "pair", "sync", "kitchen", "--no-mdns")
     assert code == 0 and "already has every entry" in out
 
 
-def test_held_length_is_per_control_feed(owned: provision.Identity, capsys: pytest.CaptureFixture) -> None:
+def test_held_length_is_per_control_feed(owned: provisioning.Identity, capsys: pytest.CaptureFixture) -> None:
     device = pair.load_device("kitchen")
-    assert pair.held_length(device) == 0
-    pair.record_held(device, 4)
-    pair.record_held(device, 2)  # never goes back: a slower peer's report says nothing new
-    assert pair.held_length(device) == 4
+    assert pairing.held_length(device) == 0
+    pairing.record_held(device, 4)
+    pairing.record_held(device, 2)  # never goes back: a slower peer's report says nothing new
+    assert pairing.held_length(device) == 4
     moved = pair.Device(device.name, device.feed_key, device.noise_key, bytes(32))
-    assert pair.held_length(moved) == 0  # re-provisioned to another owner: start over
+    assert pairing.held_length(moved) == 0  # re-provisioned to another owner: start over
 
 
 class _Terminal(io.StringIO):
@@ -236,16 +236,16 @@ def test_waiting_line_redraws_on_a_terminal_and_prints_changes_in_logs() -> None
 
 def test_host_and_device_read_the_same_entries_alike(hyperpi_home: Path, tmp_path: Path) -> None:
     """Every kind of entry, including ones a device must ignore, written straight to the control
-    feed: the follows the host replays (`pair.follows`) are the feeds the device follows, under
+    feed: the follows the host replays (`pairing.follows`) are the feeds the device follows, under
     the same names, starting from the follows of its settings."""
     keys.create_identity("alice", owner=True)
     ana, bob, cat, dan = (generate_keypair().public_key for _ in range(4))
-    identity = provision.Identity(feed=generate_keypair(), noise=generate_keypair())
+    identity = provisioning.Identity(feed=generate_keypair(), noise=generate_keypair())
     control_key = keys.load_identity("alice").control_feed_key
-    settings = provision.Settings(
+    settings = provisioning.Settings(
         name="kitchen", board="headless", owner=control_key, follows=[("Dan", dan), ("Bob", bob)]
     )
-    provision.record_device(settings, identity, tmp_path / "kitchen.img")
+    provisioning.record_device(settings, identity, tmp_path / "kitchen.img")
     own = identity.feed_key
     other_device = generate_keypair().public_key
 
@@ -269,7 +269,7 @@ def test_host_and_device_read_the_same_entries_alike(hyperpi_home: Path, tmp_pat
     with keys.open_store() as store:
         control = keys.open_control_feed(store, "alice")
         control.append(entries)
-        host_view = {key: f.name for key, f in pair.follows(control, pair.load_device("kitchen")).items()}
+        host_view = {key: f.name for key, f in pairing.follows(control, pair.load_device("kitchen")).items()}
 
         device_store = Store(tmp_path / "device")
         copy_signed(control, Core.open(device_store, control.key))

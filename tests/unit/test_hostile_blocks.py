@@ -20,7 +20,7 @@ from hyperpi.device.config import DeviceConfig, Follow
 from hyperpi.device.control import parse_entry
 from hyperpi.device.service import DeviceService, chat_block
 from hyperpi.hypercore import Core, Store, generate_keypair
-from hyperpi_host import keys, pair
+from hyperpi_host import keys, pair, pairing
 from tests.unit.test_device_control import replicate
 
 NOW = 1_700_000_000.0
@@ -108,8 +108,8 @@ def test_pair_replays_control_feed_past_a_nested_entry(hyperpi_home: Path) -> No
     device = pair.Device("kitchen", bytes(32), None, keys.load_identity("ana").control_feed_key)
     with keys.open_store() as store:
         control = keys.open_control_feed(store, "ana")
-        control.append([NESTED, pair.follow_entry(device, friend, "Friend")])
-        assert [f.name for f in pair.follows(control, device).values()] == ["Friend"]
+        control.append([NESTED, pairing.follow_entry(device, friend, "Friend")])
+        assert [f.name for f in pairing.follows(control, device).values()] == ["Friend"]
 
 
 def view(store: Path, key: bytes, n: int, *flags: str) -> list[str]:
