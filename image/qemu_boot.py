@@ -171,7 +171,9 @@ class Machine:
         self.disk = workdir / "sd.img"
         self.qmp_path = workdir / "qmp.sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.command: list[str] = []
         self.started = 0.0
+        self.boots = 1
 
     # -- preparing the copy and the command ---------------------------------------------------
     def prepare(self) -> list[str]:
@@ -343,11 +345,34 @@ class Machine:
 
     # -- running ------------------------------------------------------------------------------
     def start(self) -> None:
-        command = self.prepare()
-        (self.workdir / "command.txt").write_text(" ".join(command) + "\n")
+        self.command = self.prepare()
+        (self.workdir / "command.txt").write_text(" ".join(self.command) + "\n")
+        self._launch()
+
+    def power_cut(self) -> None:
+        """Pull the plug: SIGKILL QEMU. What the guest had not written to its card (its page
+        cache, unflushed files) is gone, as on a Pi losing power; the card file keeps the rest."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def boot_again(self) -> None:
+        """Power the same card on again (after `power_cut` or a power-off): the same command on
+        the same disk file; the earlier console logs move aside to `*.before-N.log`."""
+        if self.proc is None or self.proc.poll() is None:
+            raise BootError("boot_again needs a machine that was started and is off")
+        self.boots += 1
+        for path in (self.workdir / "uart0.log", self.log):
+            if path.exists():
+                path.rename(path.with_suffix(f".before-{self.boots}.log"))
+        self._launch()
+
+    def _launch(self) -> None:
         self.started = time.monotonic()
-        with open(self.workdir / "qemu.out", "wb") as qemu_out:  # QEMU keeps its own copy of the fd
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=qemu_out, stderr=subprocess.STDOUT)
+        with open(self.workdir / "qemu.out", "ab") as qemu_out:  # QEMU keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=qemu_out, stderr=subprocess.STDOUT
+            )
 
     def console(self) -> str:
         text = ""

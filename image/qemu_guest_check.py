@@ -10,6 +10,11 @@ Reports the booted system on the console as `hyperpi-boot-check: NAME {json}` li
   checks     [{"board": NAME, "restart": bool}, ...]: for each, stop the service, set the board in
              the settings, run `hyperpi-device --check` as the service user, and with "restart"
              start the service again and wait until its first frame went out.
+  powercut   true: the power-cut model (tests/image/test_boot.py). On a card without its store,
+             append to a Hypercore (the service's own Store and Core, synchronous=FULL) in a loop,
+             printing `hyperpi-powercut: acked N` after each append returned, and after it a line
+             to a plain file with no fsync (the control: what a power cut must be able to lose),
+             until the host kills the machine. On the next boot, audit that store and report it.
 Standard library only: it runs on the image's own python3.
 """
 
@@ -114,6 +119,59 @@ def facts():
     return out
 
 
+POWERCUT_STORE = "/var/lib/hyperpi-powercut"
+POWERCUT_SEED = "706f776572637574" * 4  # the feed's key pair seed (hex): both boots derive the key
+VENV_PYTHON = "/opt/hyperpi/venv/bin/python"
+APPENDER = """
+import os, sys
+from hyperpi.hypercore import Core, Store
+from hyperpi.hypercore.keys import generate_keypair
+store = Store(sys.argv[1])
+core = Core.create(store, generate_keypair(bytes.fromhex(sys.argv[2])))
+unsynced = os.open(os.path.join(sys.argv[1], "unsynced.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+console = open("/dev/console", "w")
+while True:
+    n = core.append([b'{"type":"chat","text":"power cut %d","nick":"qemu"}' % core.length])
+    os.write(unsynced, b"%d\\n" % n)  # written, never fsynced
+    console.write("hyperpi-powercut: acked %d\\n" % n)
+    console.flush()
+"""
+AUDITOR = """
+import json, os, sys
+from hyperpi.hypercore import Core, Store
+from hyperpi.hypercore.keys import core_key, generate_keypair
+out = {}
+try:
+    with Store(sys.argv[1]) as store:
+        core = Core.open(store, core_key(generate_keypair(bytes.fromhex(sys.argv[2])).public_key))
+        core.audit()
+        out.update(length=core.length, writable=core.writable, audit="ok")
+except Exception as error:
+    out["audit"] = f"{type(error).__name__}: {error}"
+try:
+    with open(os.path.join(sys.argv[1], "unsynced.log"), "rb") as f:
+        out["unsynced_lines"] = len(f.read().splitlines())
+except FileNotFoundError:
+    out["unsynced_lines"] = 0
+print(json.dumps(out))
+"""
+
+
+def powercut():
+    """The power-cut model (see the docstring): append until killed, or audit what survived."""
+    if not os.path.exists(POWERCUT_STORE):
+        os.makedirs(POWERCUT_STORE, 0o700)
+        report("powercut-appending", {})
+        subprocess.run([VENV_PYTHON, "-c", APPENDER, POWERCUT_STORE, POWERCUT_SEED], check=False)
+        report("powercut-appender-ended", {})  # never expected: the host cuts the power first
+        return
+    done = sh(VENV_PYTHON, "-c", AUDITOR, POWERCUT_STORE, POWERCUT_SEED)
+    try:
+        report("powercut", json.loads(done.stdout))
+    except ValueError:
+        report("powercut", {"audit": f"auditor failed: {done.stderr[-1000:]}"})
+
+
 def set_board(board):
     text = read(SETTINGS)
     with open(SETTINGS, "w") as f:
@@ -135,6 +193,10 @@ def run_check(board, restart):
 
 
 def main():
+    if PLAN.get("powercut"):
+        powercut()
+        report("done", {})
+        return
     wait(
         "hyperpi-device and ssh keys",
         lambda: sh("systemctl", "is-active", "--quiet", "hyperpi-device", "hyperpi-ssh-keygen").returncode == 0,
