@@ -62,6 +62,14 @@ def confirm(question: str, skip_with: str) -> None:
         raise UserError(f"not confirmed, nothing was written (pass {skip_with} to skip this question)", 1)
 
 
+def command_group(subparsers: argparse._SubParsersAction, name: str, **texts: str) -> argparse._SubParsersAction:
+    """A command made of actions (`hyperpi keys new`, `hyperpi pair add`): the sub-parsers to add
+    them to. Given no action, the command prints its own help and exits 2."""
+    parser = subparsers.add_parser(name, **texts)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its mistakes in one line (usage stays in --help)."""
 

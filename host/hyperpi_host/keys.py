@@ -31,7 +31,7 @@ from hyperpi.hypercore.keys import (
     z32_encode,
 )
 from hyperpi_host import home
-from hyperpi_host.cli import UserError
+from hyperpi_host.cli import UserError, command_group
 from hyperpi_host.storelock import LockedStore
 
 KEYS_DIR = "keys"
@@ -252,7 +252,8 @@ def _load_secrets(name: str) -> tuple[KeyPair, KeyPair | None]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    sub = command_group(
+        subparsers,
         "keys",
         help="create, list, show, export, import and remove feed keys",
         description=(
@@ -261,8 +262,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the 0600 file except through `keys export`."
         ),
     )
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
-    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION")
 
     new = sub.add_parser(
         "new",

@@ -29,7 +29,7 @@ from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
 
 from . import home, keys, netrun, resolve
-from .cli import UserError
+from .cli import UserError, command_group
 from .devices import Device, list_devices, load_device
 from .pairing import (
     PairingError,
@@ -194,7 +194,8 @@ def deliver(deliveries: list[Delivery], store: Store, options: netrun.NetworkOpt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    sub = command_group(
+        subparsers,
         "pair",
         help="make a device follow (or stop following) a feed, through its owner's control feed",
         description=(
@@ -204,15 +205,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "from `hyperpi pair sync` or any pair command run while it is reachable."
         ),
     )
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
-    sub = parser.add_subparsers(dest="pair_command", metavar="ACTION")
 
     add = sub.add_parser(
         "add",
         help="make DEVICE follow the feed KEY, shown as NAME",
         description="Append a follow entry for DEVICE to its owner's control feed and wait until the device has it.",
     )
-    add.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
+    _device_argument(add)
     add.add_argument(
         "key",
         metavar="KEY",
@@ -229,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="make DEVICE stop following the feed KEY",
         description="Append an unfollow entry for DEVICE to its owner's control feed and wait until the device has it.",
     )
-    rm.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
+    _device_argument(rm)
     rm.add_argument("key", metavar="KEY", help="a person's or device's name, or a key (z-base-32, hex, HYPERPI:)")
     _wait_arguments(rm)
     rm.set_defaults(func=cmd_rm)
@@ -240,7 +239,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The follows in effect on DEVICE once it has every control feed entry (offline: "
         "reads this computer's copy of the control feed).",
     )
-    lst.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
+    _device_argument(lst)
     lst.set_defaults(func=cmd_list)
 
     sync = sub.add_parser(
@@ -254,6 +253,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _wait_arguments(sync)
     sync.set_defaults(func=cmd_sync)
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("device", metavar="DEVICE", help="a device name given to `hyperpi provision --device`")
 
 
 def _wait_arguments(parser: argparse.ArgumentParser) -> None:
