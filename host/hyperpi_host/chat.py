@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hyperpi import blockjson
-from hyperpi.device.timeline import sanitize
+from hyperpi.device.timeline import is_status_block, sanitize
 from hyperpi.feed import NAME_FILE_SUFFIX, open_named_core
 from hyperpi.hypercore import Core, HypercoreError, Store, z32_encode
 from hyperpi.net.replication import CoreSet, replicate
@@ -195,15 +195,19 @@ def _run_view(args: argparse.Namespace) -> int:
         raise UserError(f"cannot open the feed in {folder}: {error}") from None
     resolve.say("KEY", found)
     printed = 0
+    read = 0  # blocks looked at; status blocks (a device's reports, not messages) are skipped
 
     def print_new() -> bool:
         """Print the blocks held and not yet printed; True once --exit-after is reached."""
-        nonlocal printed
-        while printed < core.contiguous_length:
+        nonlocal printed, read
+        while read < core.contiguous_length:
             if args.exit_after is not None and printed >= args.exit_after:
                 break
-            print(format_block(core.get(printed), as_json=args.json), flush=True)
-            printed += 1
+            block = core.get(read)
+            read += 1
+            if not is_status_block(block):
+                print(format_block(block, as_json=args.json), flush=True)
+                printed += 1
         return args.exit_after is not None and printed >= args.exit_after
 
     # What the store already holds is shown at once, before the network is up.

@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "hyperpi_host.devices",
     "hyperpi_host.chat",
     "hyperpi_host.pair",
+    "hyperpi_host.release",
 ]
 
 

@@ -118,6 +118,8 @@ def test_systemd_unit(tmp_path: Path) -> None:
         "User=hyperpi",
         "SupplementaryGroups=gpio spi i2c video",
         "RestartPreventExitStatus=69 73 78",
+        "RestartForceExitStatus=42",  # hyperpi/device/install.py EXIT_UPDATED
+        "ExecStart=/usr/local/bin/hyperpi-launch --config /etc/hyperpi/device.toml",
         "NoNewPrivileges=yes",
     ]:
         assert f"\n{line}\n" in unit, line
@@ -125,7 +127,7 @@ def test_systemd_unit(tmp_path: Path) -> None:
     if analyze is None:
         return  # the text checks above still ran; systemd's own check needs systemd installed
     copy = tmp_path / "hyperpi-device.service"
-    copy.write_text(unit.replace("/usr/local/bin/hyperpi-device", "/bin/true"))
+    copy.write_text(unit.replace("/usr/local/bin/hyperpi-launch", "/bin/true"))
     r = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     problems = [ln for ln in (r.stdout + r.stderr).splitlines() if "hyperpi-device.service" in ln]
     assert not problems, problems

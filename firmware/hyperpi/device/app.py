@@ -66,6 +66,7 @@ class DeviceApp:
         self.network_up = False
         self.peers = 0
         self.notice: str | None = None  # store trouble to show instead of the network status
+        self.update_line: str | None = None  # an update under way ("update 0.3.0: 42%"), below notices
 
     # -- input ----------------------------------------------------------------------------
     def handle(self, action: str) -> Send | None:
@@ -103,6 +104,8 @@ class DeviceApp:
     def status(self) -> str:
         if self.notice:
             return self.notice
+        if self.update_line:
+            return self.update_line
         if not self.network_up:
             return "no network"
         if self.peers == 0:

@@ -8,6 +8,12 @@ follows that core like any feed, so an entry not signed by the owner cannot exis
     {"type": "rename",   "key": KEY, "name": "Ana B."}   (a followed feed's display name)
     {"type": "rename",   "name": "kitchen"}              (no key: the device's own name)
     {"type": "presets",  "presets": ["Hello!", "On my way"]}
+    {"type": "release",  "version": "0.2.0", "key": KEY, "length": N, "size": S, "sha256": HEX,
+                         "devices": [KEY, ...], "downgrade": false}   (devices, downgrade: optional)
+
+A `release` names a release feed (device/bundle.py: a manifest block, then the bundle in
+CHUNK_BYTES blocks) of N blocks holding S bytes (at most MAX_RELEASE_BYTES) whose sha256 is
+HEX; `devices` limits it to those devices, `downgrade` allows installing an older version.
 
 KEY is z-base-32, hex or a `HYPERPI:` payload. An optional `"device": KEY` (the device's feed
 key) limits an entry to one device when an owner has several. Malformed entries, and those over
@@ -28,10 +34,25 @@ from dataclasses import dataclass
 from hyperpi import blockjson
 from hyperpi.hypercore.keys import parse_key
 
+from .bundle import MAX_RELEASE_BYTES, feed_length, is_sha256, parse_version
 from .config import MAX_NAME_CHARS, MAX_PRESET_CHARS, MAX_PRESETS
 
 MAX_ENTRY_BYTES = 8192  # 32 presets of 140 chars in UTF-8 fit; anything bigger is not an entry
-KINDS = ("follow", "unfollow", "rename", "presets")
+KINDS = ("follow", "unfollow", "rename", "presets", "release")
+MAX_RELEASE_DEVICES = 64  # keys in a release's `devices` list (~55 bytes each: within the entry limit)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release the owner announced (see the module docstring)."""
+
+    version: str
+    key: bytes  # the release feed
+    length: int
+    size: int
+    sha256: str
+    devices: tuple[bytes, ...] | None = None  # None: every device of the owner
+    downgrade: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class ControlEntry:
     name: str | None = None
     presets: tuple[str, ...] = ()
     device: bytes | None = None  # None: meant for every device of the owner
+    release: Release | None = None
 
 
 def parse_entry(block: bytes) -> ControlEntry:
@@ -55,6 +77,8 @@ def parse_entry(block: bytes) -> ControlEntry:
         raise ValueError(f"entry type must be one of {', '.join(KINDS)}")
     kind = value["type"]
     device = _key(value, "device") if "device" in value else None
+    if kind == "release":
+        return ControlEntry(kind, key=_key(value, "key"), device=device, release=_release(value))
     if kind == "presets":
         presets = value.get("presets")
         if (
@@ -71,6 +95,28 @@ def parse_entry(block: bytes) -> ControlEntry:
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise ValueError(f"name must be printable text of 1 to {MAX_NAME_CHARS} characters")
     return ControlEntry(kind, key=key, name=name.strip(), device=device)
+
+
+def _release(value: dict) -> Release:
+    version = value.get("version")
+    parse_version(version)
+    size, length, digest = value.get("size"), value.get("length"), value.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_RELEASE_BYTES:
+        raise ValueError(f"release size must be 1 to {MAX_RELEASE_BYTES} bytes")
+    if not isinstance(length, int) or isinstance(length, bool) or length != feed_length(size):
+        raise ValueError(f"release length must be {feed_length(size)} blocks for {size} bytes")
+    if not is_sha256(digest):
+        raise ValueError("release sha256 must be 64 lowercase hex digits")
+    devices = None
+    if "devices" in value:
+        raw = value["devices"]
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_RELEASE_DEVICES:
+            raise ValueError(f"release devices must be a list of 1 to {MAX_RELEASE_DEVICES} keys")
+        devices = tuple(_key({"device": k}, "device") for k in raw)
+    downgrade = value.get("downgrade", False)
+    if not isinstance(downgrade, bool):
+        raise ValueError("release downgrade must be true or false")
+    return Release(str(version), _key(value, "key"), length, size, str(digest), devices, downgrade)
 
 
 def _key(value: dict, field: str) -> bytes:
@@ -109,7 +155,7 @@ class SetPresets:
     presets: tuple[str, ...]
 
 
-Change = Follow | Unfollow | Rename | SetPresets
+Change = Follow | Unfollow | Rename | SetPresets | Release
 
 
 class ControlState:
@@ -126,12 +172,17 @@ class ControlState:
 
     def meant_for(self, entry: ControlEntry) -> bool:
         """Whether the entry is for this device (its own or an owner-wide one)."""
-        return entry.device is None or entry.device == self.device_key
+        if entry.device is not None and entry.device != self.device_key:
+            return False
+        devices = entry.release.devices if entry.release is not None else None
+        return devices is None or self.device_key in devices
 
     def apply(self, index: int, entry: ControlEntry) -> Change | None:
         """Apply entry #index; the change it makes on this device, None if it makes none."""
         if not self.meant_for(entry):
             return None
+        if entry.release is not None:
+            return entry.release  # the device's updater decides whether it applies (device/update.py)
         if entry.kind == "presets":
             self.presets = entry.presets
             return SetPresets(entry.presets)

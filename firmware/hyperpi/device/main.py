@@ -263,6 +263,18 @@ async def run(
     )
     if repaired or cleared:
         service.app.notice = "store repaired"
+    exit_code = 0
+
+    def exit_for_update(code: int) -> None:
+        nonlocal exit_code
+        exit_code = code
+        stop.set()
+
+    from hyperpi import __version__
+
+    from .updating import UpdateRunner
+
+    updates = UpdateRunner(service, args.state_dir or config.state_dir, __version__, exit_for_update)
     log.info("device %s (%s), feed %s", config.name, board.name, z32_encode(own.key))
 
     buttons = None
@@ -293,7 +305,8 @@ async def run(
         tasks.append(asyncio.ensure_future(_watchdog(interval, stop)))
 
     notify.notify("READY=1")
-    log.info("ready in %.0f ms", (time.monotonic() - started) * 1000)
+    log.info("ready in %.0f ms (hyperpi %s)", (time.monotonic() - started) * 1000, __version__)
+    tasks.append(asyncio.ensure_future(updates.confirm_later(stop)))
     await stop.wait()
 
     notify.notify("STOPPING=1")
@@ -308,7 +321,9 @@ async def run(
     service.close()
     if factory is not None:
         gpio.close_quietly(factory.close, "the GPIO pins")
-    return 0
+    if exit_code:
+        log.info("exiting with %d: restart into the update", exit_code)
+    return exit_code
 
 
 async def _watchdog(interval: float, stop: asyncio.Event) -> None:

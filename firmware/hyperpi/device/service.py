@@ -39,7 +39,7 @@ from hyperpi.hypercore import Core, CoreEvent, CorruptStore, DiskFull, Hypercore
 from .app import DeviceApp, Send
 from .buttons import ButtonEvent
 from .config import DeviceConfig
-from .control import ControlState, Follow, Rename, SetPresets, Unfollow, parse_entry
+from .control import ControlState, Follow, Release, Rename, SetPresets, Unfollow, parse_entry
 from .display import Display
 from .timeline import Presets, Timeline, sanitize
 
@@ -85,6 +85,12 @@ class DeviceService:
         self.feeds: dict[bytes, Core] = {}  # followed feeds
         self.control: Core | None = None
         self.on_cores_changed: Callable[[], None] | None = None
+        # Updates (device/updating.py): the owner's last release entry for this device, who
+        # hears of new ones, and the release feed being fetched.
+        self.last_release: Release | None = None
+        self.on_release: Callable[[Release], None] | None = None
+        self.release_core: Core | None = None
+        self._held_status: dict | None = None  # a status to publish once the own feed is recovered
         self._control_applied = 0
         self._unsubscribe: dict[bytes, Callable[[], None]] = {}
         self._changed = asyncio.Event()
@@ -147,6 +153,9 @@ class DeviceService:
         if self.app.notice == RECOVERING_NOTICE:
             self.app.notice = None
         self._announce_online()
+        if self._held_status is not None:
+            self.publish_status(self._held_status)
+            self._held_status = None
         held, self._held = self._held, []
         for text in held:
             self.append_chat(text)
@@ -168,7 +177,8 @@ class DeviceService:
     # -- the network seam ------------------------------------------------------------------
     def cores(self) -> list[Core]:
         """Every core this device replicates: its own, the control feed, the followed feeds."""
-        return [self.own, *([self.control] if self.control else []), *self.feeds.values()]
+        extra = [core for core in (self.control, self.release_core) if core is not None]
+        return [self.own, *extra, *self.feeds.values()]
 
     def set_network(self, up: bool, peers: int) -> None:
         if (self.app.network_up, self.app.peers) != (up, peers):
@@ -253,7 +263,7 @@ class DeviceService:
                 continue
             if not self._control_state.meant_for(entry):
                 continue
-            log.info("control feed: %s %s", entry.kind, entry.name or "")
+            log.info("control feed: %s %s", entry.kind, entry.name or (entry.release and entry.release.version) or "")
             change = self._control_state.apply(index, entry)
             if isinstance(change, Follow):
                 self.follow(change.key, change.name)
@@ -263,7 +273,48 @@ class DeviceService:
                 self.name = self.app.name = change.name
             elif isinstance(change, SetPresets):
                 self.presets.replace(change.presets)
+            elif isinstance(change, Release):
+                self.last_release = change
+                if self.on_release is not None:
+                    self.on_release(change)
             self._changed.set()
+
+    # -- updates (device/updating.py) ------------------------------------------------------
+    def fetch_release(self, key: bytes) -> Core:
+        """Replicate the release feed `key` (its blocks are verified like every core's)."""
+        if self.release_core is not None and self.release_core.key != key:
+            self.drop_release(self.release_core.key)
+        if self.release_core is None:
+            self.release_core = self._open_core(key)
+            if self.on_cores_changed:
+                self.on_cores_changed()
+        return self.release_core
+
+    def drop_release(self, key: bytes) -> None:
+        """Stop replicating a release feed and free its blocks."""
+        if self.release_core is None or self.release_core.key != key:
+            return
+        self.release_core = None
+        if self.on_cores_changed:
+            self.on_cores_changed()
+        try:
+            self.store.clear_core(key)
+        except HypercoreError as e:
+            log.warning("release feed %s not cleared from the store: %s", z32_encode(key)[:16], e)
+
+    def publish_status(self, status: dict) -> None:
+        """Append a status block (device/update.py) to the own feed; the owner's host reads it."""
+        if self._recovering:
+            self._held_status = status
+            return
+        try:
+            self.own.append([json.dumps(status, separators=(",", ":")).encode()])
+        except HypercoreError as e:
+            log.error("status not published (%s)", e)
+
+    def changed(self) -> None:
+        """Something on the screen changed: redraw."""
+        self._changed.set()
 
     # -- buttons and chat -----------------------------------------------------------------
     def handle_button(self, event: ButtonEvent) -> None:

@@ -89,6 +89,20 @@ def sanitize(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     return result
 
 
+STATUS_TYPE = "status"  # a device's report about itself (device/update.py): not a message
+
+
+def is_status_block(data: bytes) -> bool:
+    """A device's status block, which timelines and `hyperpi chat view` skip quietly."""
+    if b'"status"' not in data:  # cheap test first: chat blocks never decode twice
+        return False
+    try:
+        value = blockjson.decode(data)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("type") == STATUS_TYPE
+
+
 def decode_block(data: bytes) -> tuple[str, int | None, str]:
     """(text, claimed time in ms or None, nick) of one block, whatever it holds."""
     try:
@@ -162,6 +176,8 @@ class Timeline:
             except (KeyError, HypercoreError):  # not held after all, or damaged (dropped, fetched again)
                 length = index
                 break
+            if is_status_block(block):
+                continue
             try:
                 text, claimed, nick = _decode(block)
             except blockjson.BadBlock as error:
