@@ -59,6 +59,12 @@ MAX_BLOCK_BYTES = 15 * 1024 * 1024
 # proofs just stored, and every proof passes the same few upper nodes: a small cache answers
 # nearly all of those lookups without SQLite. 2,048 nodes are about 400 KB.
 NODE_CACHE_MAX = 2048
+# Blocks read per SQLite query when serving them. Readers download in order, so the rows
+# after a requested block are the next ones asked for: one query serves a whole batch of
+# requests, and their leaf nodes (which proofs of the neighbours carry) come with them.
+# Bounded in bytes too, so large blocks are not held for requests that may never come.
+READ_AHEAD_BLOCKS = 64
+READ_AHEAD_BYTES = 256 * 1024
 
 
 class Core:
@@ -73,6 +79,11 @@ class Core:
         self._subscribers: list[Callable[[CoreEvent], None]] = []
         self._nodes: dict[int, TreeNode] = {}  # cache of stored nodes, see NODE_CACHE_MAX
         self._held_above: set[int] = set()  # held blocks at or past contiguous_length
+        # Rows read ahead by get(): block index -> (value, leaf hash) as stored, unchecked.
+        self._ahead: dict[int, tuple[object, object]] = {}
+        # Node indexes (first, last) whose stored nodes are all in _nodes: a lookup there that
+        # misses needs no query. Set by _scan_nodes; any change that could break it resets it.
+        self._scanned = (0, -1)
         self.reload()
 
     # --- opening ---------------------------------------------------------------------
@@ -141,6 +152,8 @@ class Core:
             manifest, self.length, self.fork, self.byte_length, self.signature = row
             self._set_manifest(manifest)
             self._nodes.clear()
+            self._ahead.clear()
+            self._scanned = (0, -1)
             self._contiguous, self._held_above = self.store.held_blocks(self._id, self.length)
             self._roots = self._load_roots(self.length)
             if self.byte_length != sum(r.size for r in self._roots):
@@ -206,16 +219,46 @@ class Core:
 
     def get(self, i: int) -> bytes:
         """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
-        where = f"block {i} of core {self.key.hex()}"
-        with damage_is_corruption(where):
-            row = self.store.read_block(self._id, i)
+        row = self._ahead.pop(i, None)
+        if row is None:
+            row = self._read_ahead(i)
         if row is None:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row
         if not isinstance(value, bytes) or leaf_hash(value) != expected:
             self._drop_block(i)
-            raise CorruptStore(f"{where} was damaged in the store: dropped, to be fetched again from peers")
+            raise CorruptStore(
+                f"block {i} of core {self.key.hex()} was damaged in the store: dropped, to be fetched again from peers"
+            )
         return value
+
+    def _read_ahead(self, i: int) -> tuple | None:
+        """Block i's stored row, and the rows after it into `_ahead` (READ_AHEAD_BLOCKS)."""
+        where = f"block {i} of core {self.key.hex()}"
+        try:
+            with damage_is_corruption(where):
+                rows = self.store.read_blocks(self._id, i, READ_AHEAD_BLOCKS, READ_AHEAD_BYTES)
+        except CorruptStore:  # a damaged neighbour must not fail this block: read it alone
+            rows = []
+        if not rows or rows[0][0] != i:
+            with damage_is_corruption(where):
+                return self.store.read_block(self._id, i)
+        self._ahead = {index: (value, digest) for index, value, digest in rows[1:]}
+        self._scan_nodes(2 * i, 2 * rows[-1][0])  # the nodes their proofs take
+        return rows[0][1], rows[0][2]
+
+    def _scan_nodes(self, first: int, last: int) -> None:
+        """Read the stored nodes first..last into the cache with one query (a download asks
+        for neighbouring nodes in a row), and remember that none else lies there."""
+        with damage_is_corruption(f"the tree nodes of core {self.key.hex()}"):
+            rows = self.store.read_nodes(self._id, first, last)
+        nodes = []
+        for index, size, digest in rows:
+            if not isinstance(size, int) or size < 0 or not isinstance(digest, bytes) or len(digest) != 32:
+                raise CorruptStore(f"tree node {index} of core {self.key.hex()} is damaged in the store")
+            nodes.append(TreeNode(index, size, digest))
+        self._cache_nodes(nodes)
+        self._scanned = (first, last)
 
     def _drop_block(self, i: int) -> None:
         """Forget a damaged block (its row holds its leaf hash too, which may be the damaged
@@ -225,6 +268,8 @@ class Core:
         self.store.delete_block(self._id, i)
         self.store.touched(self)  # a rolled-back transaction brings the row back: reload then
         self._nodes.pop(2 * i, None)
+        self._ahead.pop(i, None)
+        self._scanned = (0, -1)  # the leaf may still be in the nodes table
         if i < self._contiguous:
             self._held_above.update(range(i + 1, self._contiguous))
             self._contiguous = i
@@ -237,7 +282,13 @@ class Core:
         node = self._nodes.get(index)
         if node is not None:
             return node
-        row = self.store.read_node(self._id, index)
+        ahead = self._ahead.get(index >> 1) if not index & 1 else None
+        if ahead is not None and isinstance(ahead[0], bytes):  # a held block's leaf, read ahead
+            row: tuple | None = (len(ahead[0]), ahead[1])
+        elif self._scanned[0] <= index <= self._scanned[1]:
+            row = None  # not in the nodes table (see _scan_nodes)
+        else:
+            row = self.store.read_node(self._id, index)
         if row is None and not index & 1 and self.has(index // 2):  # a held block's leaf is in its row
             row = self.store.read_leaf(self._id, index // 2)
         if row is None:
@@ -252,6 +303,7 @@ class Core:
     def _cache_nodes(self, nodes: Iterable[TreeNode]) -> None:
         if len(self._nodes) > NODE_CACHE_MAX:
             self._nodes.clear()  # cheaper than LRU bookkeeping, and refills in a few proofs
+            self._scanned = (0, -1)
         for node in nodes:
             self._nodes[node.index] = node
 
@@ -269,6 +321,8 @@ class Core:
         index = 2 * block_index
         if flat_tree.right_span(index) >= head:
             return 0
+        if not self._scanned[0] <= index <= self._scanned[1]:
+            self._scan_nodes(index, index + 2 * READ_AHEAD_BLOCKS)  # the next requests look there
         count = 0
         while not flat_tree.contains(index, head) and index not in also_held and self._node(index) is None:
             count += 1
@@ -307,6 +361,7 @@ class Core:
                 cid, [(start + i, b, leaf.hash) for i, (b, leaf) in enumerate(zip(blocks, leaves, strict=True))]
             )
             store.insert_nodes(cid, [n for n in new_nodes if n.index & 1])
+            self._scanned = (0, -1)  # new nodes that are not cached
             store.write_head(cid, length, byte_length, signature)
             self.length, self.byte_length, self.signature, self._roots = length, byte_length, signature, roots
             self._held_above.update(range(start, length))

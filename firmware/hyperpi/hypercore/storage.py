@@ -222,9 +222,36 @@ class Store:
         """(value, leaf hash) of a held block, unchecked; None if not held."""
         return self._row("SELECT value, hash FROM blocks WHERE core=? AND idx=?", (core, index))
 
+    def read_blocks(self, core: int, start: int, count: int, max_bytes: int) -> list[tuple]:
+        """(index, value, leaf hash) of the held blocks in [start, start + count), in order,
+        unchecked; stops after the row that takes the values past `max_bytes`."""
+        rows: list[tuple] = []
+        size = 0
+        try:
+            self.flush_writes()
+            cursor = self.db.execute(
+                "SELECT idx, value, hash FROM blocks WHERE core=? AND idx>=? AND idx<? ORDER BY idx",
+                (core, start, start + count),
+            )
+            for row in cursor:  # rows are read one by one: past the byte limit, no more are
+                rows.append(row)
+                size += len(row[1]) if isinstance(row[1], bytes) else 0
+                if size >= max_bytes:
+                    break
+            cursor.close()
+        except sqlite3.DatabaseError as error:
+            raise _storage_error(error) from None
+        return rows
+
     def read_node(self, core: int, index: int) -> tuple | None:
         """(size, hash) of a stored parent node (or a leaf of a block not held), unchecked."""
         return self._row("SELECT size, hash FROM nodes WHERE core=? AND idx=?", (core, index))
+
+    def read_nodes(self, core: int, first: int, last: int) -> list[tuple]:
+        """(index, size, hash) of the stored nodes with first <= index <= last, unchecked."""
+        return list(
+            self._rows("SELECT idx, size, hash FROM nodes WHERE core=? AND idx>=? AND idx<=?", (core, first, last))
+        )
 
     def read_leaf(self, core: int, block: int) -> tuple | None:
         """(size, hash) of a held block's leaf node, which lives in the block's row."""
