@@ -59,10 +59,11 @@ MAX_BLOCK_BYTES = 15 * 1024 * 1024
 # proofs just stored, and every proof passes the same few upper nodes: a small cache answers
 # nearly all of those lookups without SQLite. 2,048 nodes are about 400 KB.
 NODE_CACHE_MAX = 2048
-# Blocks read per SQLite query when serving them. Readers download in order, so the rows
-# after a requested block are the next ones asked for: one query serves a whole batch of
-# requests, and their leaf nodes (which proofs of the neighbours carry) come with them.
-# Bounded in bytes too, so large blocks are not held for requests that may never come.
+# Blocks read per SQLite query when serving them in order. Our readers download in order, so
+# once two requests in a row were for neighbours, the rows after them are the next ones asked
+# for: one query serves a whole batch of requests, with their leaf nodes and the tree nodes
+# between them. (Node readers ask in random order: they get one row per query.) Bounded in
+# bytes too, so large blocks are not held for requests that may never come.
 READ_AHEAD_BLOCKS = 64
 READ_AHEAD_BYTES = 256 * 1024
 
@@ -81,6 +82,7 @@ class Core:
         self._held_above: set[int] = set()  # held blocks at or past contiguous_length
         # Rows read ahead by get(): block index -> (value, leaf hash) as stored, unchecked.
         self._ahead: dict[int, tuple[object, object]] = {}
+        self._last_get = -2  # the block get() returned last
         # Node indexes (first, last) whose stored nodes are all in _nodes: a lookup there that
         # misses needs no query. Set by _scan_nodes; any change that could break it resets it.
         self._scanned = (0, -1)
@@ -220,8 +222,12 @@ class Core:
     def get(self, i: int) -> bytes:
         """Block i; KeyError if not held here, CorruptStore if the stored bytes are damaged."""
         row = self._ahead.pop(i, None)
-        if row is None:
+        if row is None and i == self._last_get + 1:
             row = self._read_ahead(i)
+        elif row is None:
+            with damage_is_corruption(f"block {i} of core {self.key.hex()}"):
+                row = self.store.read_block(self._id, i)
+        self._last_get = i
         if row is None:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row

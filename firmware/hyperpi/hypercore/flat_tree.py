@@ -59,18 +59,13 @@ def right_child(i: int) -> int | None:
 
 def left_span(i: int) -> int:
     """The leftmost leaf under node i."""
-    if not i & 1:
-        return i
-    d = depth(i)
-    return offset(i, d) << (d + 1)
+    # A node at depth d spans 2**d - 1 indexes on either side of itself (t = 2**d).
+    return i - ((i + 1) & ~i) + 1
 
 
 def right_span(i: int) -> int:
     """The rightmost leaf under node i."""
-    if not i & 1:
-        return i
-    d = depth(i)
-    return ((offset(i, d) + 1) << (d + 1)) - 2
+    return i + ((i + 1) & ~i) - 1
 
 
 def spans(i: int) -> tuple[int, int]:
@@ -84,7 +79,7 @@ def count(i: int) -> int:
 
 def contains(i: int, other: int) -> bool:
     """Whether node `other` lies in the subtree rooted at i (i itself included)."""
-    return left_span(i) <= other <= right_span(i)
+    return -((i + 1) & ~i) < other - i < ((i + 1) & ~i)
 
 
 def full_roots(head: int) -> list[int]:

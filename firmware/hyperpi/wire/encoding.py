@@ -110,6 +110,37 @@ def decode_uint(state: State) -> int:
 uint = Codec(encode_uint, decode_uint)
 
 
+def uint_at(buffer: bytes, pos: int, end: int) -> tuple[int, int]:
+    """`decode_uint` without a State, for hot decoders: (value, position after it)."""
+    if pos >= end:
+        raise DecodeError("truncated: expected a uint")
+    a = buffer[pos]
+    if a <= 0xFC:
+        return a, pos + 1
+    width = 2 if a == 0xFD else 4 if a == 0xFE else 8
+    if end - pos - 1 < width:
+        raise DecodeError(f"truncated: needed {width} bytes, {end - pos - 1} left")
+    n = int.from_bytes(buffer[pos + 1 : pos + 1 + width], "little")
+    if n > MAX_SAFE_UINT:
+        raise DecodeError(f"uint {n} is above 2^53-1")
+    return n, pos + 1 + width
+
+
+def uint_bytes(n: int) -> bytes:
+    """`encode_uint` of one number, as bytes."""
+    if 0 <= n <= 0xFC:
+        return _SMALL[n]
+    _check_uint(n, MAX_SAFE_UINT)
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    return b"\xff" + n.to_bytes(8, "little")
+
+
+_SMALL = [bytes((n,)) for n in range(0xFD)]
+
+
 def encode_uint64(out: bytearray, n: int) -> None:
     _check_uint(n, 2**64 - 1)
     out += n.to_bytes(8, "little")

@@ -47,6 +47,8 @@ from .encoding import (
     encode_string,
     encode_uint,
     encode_uint32array,
+    uint_at,
+    uint_bytes,
 )
 
 PROTOCOL = "hypercore/alpha"
@@ -226,8 +228,14 @@ class Request:
 
     def encode(self) -> bytes:
         r = self.proof_request
+        block = r.block
+        if block is not None and r.hash is None and r.seek is None and r.upgrade is None and not r.manifest:
+            if not self.priority:  # a download's block request: one per block, so no bytearray
+                return b"".join(
+                    (b"\x01", uint_bytes(self.id), uint_bytes(r.fork), uint_bytes(block.index), uint_bytes(block.nodes))
+                )
         flags = (
-            (r.block is not None)
+            (block is not None)
             | (r.hash is not None) << 1
             | (r.seek is not None) << 2
             | (r.upgrade is not None) << 3
@@ -238,9 +246,9 @@ class Request:
         encode_uint(out, flags)
         encode_uint(out, self.id)
         encode_uint(out, r.fork)
-        if r.block is not None:
-            encode_uint(out, r.block.index)
-            encode_uint(out, r.block.nodes)
+        if block is not None:
+            encode_uint(out, block.index)
+            encode_uint(out, block.nodes)
         if r.hash is not None:
             encode_uint(out, r.hash.index)
             encode_uint(out, r.hash.nodes)
@@ -256,17 +264,29 @@ class Request:
 
     @classmethod
     def decode(cls, payload: bytes) -> Request:
-        s = State(payload)
-        flags = decode_uint(s)
-        id = decode_uint(s)
-        fork = decode_uint(s)
-        block = BlockRequest(decode_uint(s), decode_uint(s)) if flags & 1 else None
-        hash = HashRequest(decode_uint(s), decode_uint(s)) if flags & 2 else None
-        seek = SeekRequest(decode_uint(s), decode_uint(s)) if flags & 4 else None
-        upgrade = UpgradeRequest(decode_uint(s), decode_uint(s)) if flags & 8 else None
-        priority = decode_uint(s) if flags & 32 else 0
-        req = ProofRequest(fork, block, hash, seek, upgrade, bool(flags & 16))
-        return cls(id, req, priority)
+        b, end = payload, len(payload)
+        flags, pos = uint_at(b, 0, end)
+        id, pos = uint_at(b, pos, end)
+        fork, pos = uint_at(b, pos, end)
+        block = hash = seek = upgrade = None
+        if flags & 1:
+            index, pos = uint_at(b, pos, end)
+            nodes, pos = uint_at(b, pos, end)
+            block = BlockRequest(index, nodes)
+        if flags & 2:
+            index, pos = uint_at(b, pos, end)
+            nodes, pos = uint_at(b, pos, end)
+            hash = HashRequest(index, nodes)
+        if flags & 4:
+            nbytes, pos = uint_at(b, pos, end)
+            padding, pos = uint_at(b, pos, end)
+            seek = SeekRequest(nbytes, padding)
+        if flags & 8:
+            start, pos = uint_at(b, pos, end)
+            length, pos = uint_at(b, pos, end)
+            upgrade = UpgradeRequest(start, length)
+        priority = uint_at(b, pos, end)[0] if flags & 32 else 0
+        return cls(id, ProofRequest(fork, block, hash, seek, upgrade, bool(flags & 16)), priority)
 
 
 @dataclass(frozen=True)
@@ -294,6 +314,9 @@ class Data:
 
     def encode(self) -> bytes:
         p = self.proof
+        block = p.block
+        if block is not None and p.hash is None and p.seek is None and p.upgrade is None and not p.manifest:
+            return _encode_block_data(self.request_id, p.fork, block)  # a download's answers
         flags = (
             (p.block is not None)
             | (p.hash is not None) << 1
@@ -328,6 +351,8 @@ class Data:
 
     @classmethod
     def decode(cls, payload: bytes) -> Data:
+        if payload[:1] == b"\x01":  # a block and nothing else: a download's answers
+            return _decode_block_data(payload)
         s = State(payload)
         flags = decode_uint(s)
         request_id = decode_uint(s)
@@ -342,6 +367,42 @@ class Data:
             upgrade = UpgradeProof(start, length, nodes, additional, decode_optional_buffer(s) or b"")
         manifest = _read_manifest(s) if flags & 16 else None
         return cls(request_id, Proof(fork, block, hash, seek, upgrade, manifest))
+
+
+def _encode_block_data(request_id: int, fork: int, block: BlockProof) -> bytes:
+    """Data.encode of a proof carrying only a block, without a bytearray per field."""
+    value = block.value
+    parts = [b"\x01", uint_bytes(request_id), uint_bytes(fork), uint_bytes(block.index)]
+    parts += (uint_bytes(len(value)), value, uint_bytes(len(block.nodes)))
+    for n in block.nodes:
+        if len(n.hash) != 32:
+            raise ValueError("tree node hash must be 32 bytes")
+        parts += (uint_bytes(n.index), uint_bytes(n.size), n.hash)
+    return b"".join(parts)
+
+
+def _decode_block_data(payload: bytes) -> Data:
+    """Data.decode of flags 1 (a block and its nodes only), field by field without a State."""
+    b, end = payload, len(payload)
+    request_id, pos = uint_at(b, 1, end)
+    fork, pos = uint_at(b, pos, end)
+    index, pos = uint_at(b, pos, end)
+    size, pos = uint_at(b, pos, end)
+    if end - pos < size:
+        raise DecodeError(f"truncated: needed {size} bytes, {end - pos} left")
+    value = b[pos : pos + size]
+    count, pos = uint_at(b, pos + size, end)
+    if count > MAX_ARRAY_LENGTH:
+        raise DecodeError(f"{count} tree nodes is above the limit of {MAX_ARRAY_LENGTH}")
+    nodes = []
+    for _ in range(count):
+        node_index, pos = uint_at(b, pos, end)
+        node_size, pos = uint_at(b, pos, end)
+        if end - pos < 32:
+            raise DecodeError(f"truncated: needed 32 bytes, {end - pos} left")
+        nodes.append(TreeNode(node_index, node_size, b[pos : pos + 32]))
+        pos += 32
+    return Data(request_id, Proof(fork, BlockProof(index, value, nodes)))
 
 
 @dataclass(frozen=True)
