@@ -115,7 +115,9 @@ class Releases:
     def installed(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+        )
 
     # -- current ------------------------------------------------------------------------
     def current(self) -> str | None:
