@@ -7,9 +7,11 @@
 #
 # Two stages:
 #  1. The Debian layer: mmdebstrap (variant minbase) with image/packages.txt, image/hooks/ and
-#     image/rootfs/. Cached in build/cache/rootfs-<key>/, where <key> hashes exactly those
-#     inputs, so a rebuild with unchanged packages skips it (the slow part: dpkg under emulation);
-#     each build works on a copy of it.
+#     image/rootfs/, slimmed by image/slim.py to the kernel modules (image/kernel-modules.txt)
+#     and Wi-Fi firmware (image/wifi-firmware.txt) the supported boards use. Cached in
+#     build/cache/rootfs-<key>/, where <key> hashes exactly those inputs, so a rebuild with
+#     unchanged packages skips it (the slow part: dpkg under emulation); each build works on a
+#     copy of it.
 #  2. hyperpi itself: a wheel of this checkout installed into a venv in the image
 #     (/opt/hyperpi/venv, seeing Debian's python3 packages), the board overlay
 #     (image/overlay/hyperpi.dts, checked against every Pi DTB), the Wi-Fi firmware check
@@ -94,7 +96,8 @@ cache_key() {
         cd "$HERE"
         echo "$SUITE"
         declare -f build_debian_layer
-        find packages.txt hooks rootfs -type f -o -type l | LC_ALL=C sort | while read -r f; do
+        find packages.txt hooks rootfs slim.py kernel-modules.txt wifi-firmware.txt -type f -o -type l \
+            | LC_ALL=C sort | while read -r f; do
             echo "$f $(stat -c %a "$f")"
             if [ -L "$f" ]; then readlink "$f"; else sha256sum < "$f"; fi
         done
@@ -113,7 +116,9 @@ build_debian_layer() {
     log "stage 1: Debian layer with mmdebstrap -> $dir"
     mkdir -p "$CACHE"
     rm -rf "$CACHE"/rootfs-*.partial
-    # path-exclude: manuals, docs (but not copyright) and translations are dead weight on a card.
+    # path-exclude: manuals, docs (but not copyright) and translations are dead weight on a card,
+    # and so are the DTBs of every other SoC family the arm64 kernel supports (~55 MB); the rules
+    # stay in the image (/etc/dpkg/dpkg.cfg.d/), so kernel upgrades leave them out too.
     mmdebstrap --variant=minbase --architectures=arm64 \
         --components=main,non-free-firmware \
         --include="$(packages)" \
@@ -122,6 +127,9 @@ build_debian_layer() {
         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        --dpkgopt='path-exclude=/usr/lib/linux-image-*/*' \
+        --dpkgopt='path-include=/usr/lib/linux-image-*/broadcom/bcm27*' \
+        --dpkgopt='path-include=/usr/lib/linux-image-*/broadcom/bcm28*' \
         --aptopt='Acquire::Retries "3"' \
         --essential-hook="\"$HERE/hooks/essential.sh\" \"\$1\"" \
         --customize-hook="\"$HERE/hooks/customize.sh\" \"\$1\"" \
@@ -162,6 +170,7 @@ install_hyperpi() {
     if [ -n "$saved" ]; then mv "$saved" "$resolv"; fi
     ln -sf "$VENV/bin/hyperpi-device" "$rootfs/usr/local/bin/hyperpi-device"
     ln -sf "$VENV/bin/hyperpi" "$rootfs/usr/local/bin/hyperpi"
+    ln -sf "$VENV/bin/hyperpi-launch" "$rootfs/usr/local/bin/hyperpi-launch"  # the unit's ExecStart
     install_service "$rootfs"
     echo "hyperpi $version" > "$rootfs/etc/hyperpi-release"
 }

@@ -38,6 +38,7 @@ PLAN = json.loads(read(os.path.join(HERE, "plan.json")))
 WAIT_S = PLAN.get("wait_s", 1800)
 SETTINGS = "/etc/hyperpi/device.toml"
 SECRETS = ("/var/lib/hyperpi/feed.secret", "/var/lib/hyperpi/noise.secret")
+KEPT_MODULES = "/usr/share/hyperpi/kernel-modules.kept"  # image/slim.py
 
 
 def report(name, value):
@@ -108,6 +109,12 @@ def facts():
         os.path.basename(p): read(p + "/name").strip() for p in glob.glob("/sys/class/i2c-dev/i2c-*")
     }
     out["service_user_groups"] = sh("id", "-nG", "hyperpi").stdout.split()
+    # Every module the image kept (image/slim.py) loads on this kernel: none lacks what it needs.
+    kept = read(KEPT_MODULES).split() if os.path.exists(KEPT_MODULES) else []
+    out["kept_modules"] = len(kept)
+    out["kept_modules_failed"] = {
+        name: done.stderr.strip()[-300:] for name in kept if (done := sh("modprobe", name)).returncode != 0
+    }
     out["timesync"] = os.path.exists("/run/systemd/timesync/synchronized")
     out["service_log"] = service_log().splitlines()[-60:]
     # The kernel's own complaints about the buses (e.g. "SPI transfer timed out").

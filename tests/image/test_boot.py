@@ -199,6 +199,8 @@ def test_pi3_hardware_chat_and_hardening(
         "/dev/gpiochip0": "gpio",
     }, nodes
     assert "i2c_dev" in facts["modules"]
+    # The slimmed kernel (image/kernel-modules.txt): every kept module loads on the emulated Pi.
+    assert facts["kept_modules"] > 100 and facts["kept_modules_failed"] == {}, facts["kept_modules_failed"]
     assert {"gpio", "spi", "i2c", "video"} <= set(facts["service_user_groups"])
     assert facts["spi_bytes_tx"].get("spi0.1", 0) >= FRAME_BYTES, facts["spi_bytes_tx"]
     log = "\n".join(facts["service_log"])
