@@ -2,7 +2,7 @@
 
 CPython hands freed memory back to glibc's malloc, which returns it to the kernel only from the
 top of its heap: pages freed in the middle (after start-up's one-off work, after a replication
-burst) stay resident. glibc's `malloc_trim(0)` releases every free page (madvise). Measured
+burst, a peer's connection) stay resident. glibc's `malloc_trim(0)` releases every free page (madvise). Measured
 (tests/bench/bench_device*.py and 10,000 appends): 0.5-0.7 MB less RSS after a burst.
 Without glibc (musl, macOS) this does nothing.
 """
@@ -23,12 +23,13 @@ TRIM_INTERVAL = 2.0
 def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
+        return libc.malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 
 
 _malloc_trim = _find_malloc_trim()
+CAN_RELEASE = _malloc_trim is not None  # False without glibc: release_free_memory does nothing
 
 
 def release_free_memory() -> bool:

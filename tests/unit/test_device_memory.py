@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperpi.device import memory
+from hyperpi import memory
 
 LOOPBACK = 'listen_host = "127.0.0.1"\nlisten_port = 0\nmdns = false\n'
 

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hyperpi import memory
 from hyperpi.hypercore import (
     Core,
     CorruptStore,
@@ -51,7 +52,7 @@ from hyperpi.hypercore import (
 from hyperpi.hypercore.secret_files import read_secret, write_atomic
 from hyperpi.hypercore.storage import set_aside
 
-from . import gpio, memory, network, notify, selfcheck
+from . import gpio, network, notify, selfcheck
 from .boards import get_board
 from .buttons import Buttons
 from .config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, EX_CONFIG, ConfigError, DeviceConfig, load_config

@@ -38,8 +38,6 @@ rate-limited (`RateLimitFilter`), so a flood of bad connections cannot flood the
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import logging
 import random
@@ -49,6 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hyperpi import memory
 from hyperpi.hypercore.keys import KeyPair, z32_encode
 
 from .address import DEFAULT_PORT, Address
@@ -146,17 +145,6 @@ def rate_limit_network_logs() -> None:
         logger = logging.getLogger(name)
         if _RATE_LIMIT not in logger.filters:
             logger.addFilter(_RATE_LIMIT)
-
-
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
 
 
 def keeps_new(public_key: bytes, remote_key: bytes, old_dialled: bool, new_dialled: bool) -> bool:
@@ -429,14 +417,13 @@ class Swarm:
 
     def _release_memory(self) -> None:
         """Soon, give the memory freed by ended connections back to the OS (TRIM_INTERVAL)."""
-        if _malloc_trim is not None and self._trim is None and not self._stopping:
+        if memory.CAN_RELEASE and self._trim is None and not self._stopping:
             self._trim = asyncio.get_running_loop().call_later(TRIM_INTERVAL, self._trim_now)
 
     def _trim_now(self) -> None:
         self._trim = None
         gc.collect()  # a connection's objects form cycles: free them (and their buffers) now
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        memory.release_free_memory()
 
     def _make_room(self) -> bool:
         """Make sure a new connection fits under the cap: evict the oldest connection whose
