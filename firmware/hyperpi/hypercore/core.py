@@ -425,7 +425,12 @@ class Core:
             store.write_manifest(cid, v.manifest)
             self._set_manifest(v.manifest)
         if v.nodes:
-            store.defer_nodes(cid, v.nodes)
+            # The node the proof was checked against is stored already. (The block's leaf is
+            # stored although its row holds it too: a proof of its neighbour needs it after a
+            # damaged block was dropped.) In order, a download stores about one node per block.
+            new = [n for n in v.nodes if n.index != v.trusted]
+            if new:
+                store.defer_nodes(cid, new)
             self._cache_nodes(v.nodes)
         if v.upgraded and (v.length > self.length or (self.length == 0 and v.fork != self.fork)):
             byte_length = sum(r.size for r in v.roots)

@@ -17,7 +17,7 @@ from .keys import TREE, Manifest, decode_uint, encode_uint
 from .types import TreeNode
 
 _LEAF = b"\x00"
-_PARENT = b"\x01"
+_PARENT = PARENT_PREFIX = b"\x01"
 _ROOT = b"\x02"
 
 

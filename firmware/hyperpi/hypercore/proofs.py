@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 from . import flat_tree
 from .errors import INVALID_REQUEST, NOT_AVAILABLE, ProofUnavailable, VerificationError
 from .keys import Manifest, decode_manifest, manifest_hash
+from .merkle import PARENT_PREFIX as _PARENT
 from .merkle import leaf_node, parent_node, tree_hash, verify_tree
 from .types import BlockProof, HashProof, Proof, ProofRequest, TreeNode, UpgradeProof
 
@@ -188,6 +190,7 @@ class Verified:
     nodes: list[TreeNode] = field(default_factory=list)
     block: tuple[int, bytes] | None = None
     manifest: bytes | None = None  # a newly received manifest (hash already checked)
+    trusted: int = -1  # a node in `nodes` found equal to the reader's stored one (no need to store it)
 
 
 def verify_proof(
@@ -228,7 +231,8 @@ def verify_proof(
             if proof.fork != fork:
                 raise VerificationError(f"proof is for fork {proof.fork}, we are at fork {fork}")
             _check_stored(sub_root, length, get_node)
-        return Verified(False, length, fork, [], None, nodes, block, new_manifest)
+        trusted = sub_root.index if sub_root is not None else -1
+        return Verified(False, length, fork, [], None, nodes, block, new_manifest, trusted)
 
     up = proof.upgrade
     if length > 0 and proof.fork != fork:
@@ -316,14 +320,26 @@ def _verify_path(proof: Proof, out: list[TreeNode]) -> TreeNode | None:
     if len(siblings) > MAX_PROOF_DEPTH:
         raise VerificationError("block proof path is too long")
     out.append(node)
+    # One level per sibling, the flat-tree and hashing calls inlined (a download runs this once
+    # per block): t = 2**depth of the current node; its sibling is index ^ 2t, its parent
+    # (index | t) & ~2t; the parent hashes the children left to right.
+    index, size, digest = node
     for sib in siblings:
-        sib = _checked_node(sib)
-        expected = flat_tree.sibling(node.index)
-        if sib.index != expected:
-            raise VerificationError(f"expected node {expected}, got node {sib.index}")
-        left, right = (node, sib) if node.index < sib.index else (sib, node)
-        node = parent_node(flat_tree.parent(node.index), left, right)
-        out += [sib, node]
+        sib_index, sib_size, sib_hash = sib
+        t = (index + 1) & ~index
+        if sib_index != index ^ (t << 1):
+            raise VerificationError(f"expected node {index ^ (t << 1)}, got node {sib_index}")
+        if sib_size < 0 or len(sib_hash) != 32:
+            raise VerificationError(f"malformed tree node {sib_index}")
+        if type(sib_hash) is not bytes:
+            sib_hash = bytes(sib_hash)
+            sib = TreeNode(sib_index, sib_size, sib_hash)
+        pair = digest + sib_hash if index < sib_index else sib_hash + digest
+        size += sib_size
+        index = (index | t) & ~(t << 1)
+        digest = blake2b(_PARENT + size.to_bytes(8, "little") + pair, digest_size=32).digest()
+        node = TreeNode(index, size, digest)
+        out += (sib, node)
     return node
 
 
