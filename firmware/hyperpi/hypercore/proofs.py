@@ -231,8 +231,8 @@ def verify_proof(
             if proof.fork != fork:
                 raise VerificationError(f"proof is for fork {proof.fork}, we are at fork {fork}")
             _check_stored(sub_root, length, get_node)
-        trusted = sub_root.index if sub_root is not None else -1
-        return Verified(False, length, fork, [], None, nodes, block, new_manifest, trusted)
+        checked = sub_root.index if sub_root is not None else -1
+        return Verified(False, length, fork, [], None, nodes, block, new_manifest, checked)
 
     up = proof.upgrade
     if length > 0 and proof.fork != fork:
