@@ -30,6 +30,7 @@ from hyperpi.hypercore.types import (
     TreeNode,
     UpgradeProof,
     UpgradeRequest,
+    quick_init,
 )
 
 from .encoding import (
@@ -174,6 +175,7 @@ def _read_manifest(state: State) -> bytes:
 # --- messages -------------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True)
 class Sync:
     TYPE: ClassVar[int] = 0
@@ -217,6 +219,7 @@ class Sync:
         )
 
 
+@quick_init
 @dataclass(frozen=True)
 class Request:
     """`request`: what to prove (`ProofRequest`), the request id and the priority."""
@@ -304,6 +307,7 @@ class Cancel:
         return cls(decode_uint(State(payload)))
 
 
+@quick_init
 @dataclass(frozen=True)
 class Data:
     """`data`: the answer to request `request_id`, carrying a core's `Proof`."""
@@ -405,6 +409,7 @@ def _decode_block_data(payload: bytes) -> Data:
     return Data(request_id, Proof(fork, BlockProof(index, value, nodes)))
 
 
+@quick_init
 @dataclass(frozen=True)
 class NoData:
     """`noData`: reasons 0 none, 1 NOT_AVAILABLE, 2 INVALID_REQUEST."""
@@ -485,6 +490,7 @@ class Bitfield:
         return cls(decode_uint(s), decode_uint32array(s))
 
 
+@quick_init
 @dataclass(frozen=True)
 class Range:
     """The sender has (or with `drop`, no longer has) blocks [start, start + length)."""

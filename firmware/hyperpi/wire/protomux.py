@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from hyperpi.hypercore.types import quick_init
+
 from .encoding import (
     DecodeError,
     State,
@@ -105,6 +107,7 @@ class ChannelClosed:
     channel: Channel
 
 
+@quick_init
 @dataclass(frozen=True)
 class ChannelMessage:
     channel: Channel
