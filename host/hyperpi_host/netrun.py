@@ -1,9 +1,10 @@
 """Running a swarm from a host command: the network options, the peer identity, the event loop.
 
-`hyperpi chat` and `hyperpi pair` both join the LAN swarm for a while. What they share lives
+`hyperpi chat`, `pair` and `release` join the LAN swarm for a while. What they share lives
 here: the `--listen/--peer/--no-mdns/-v` options, the host's persistent Noise identity (a 0600
-file), starting a `Swarm` (falling back to any free port when the default one is taken), and
-running the command's coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop.
+file), starting a `Swarm` (falling back to any free port when the default one is taken),
+running the command's coroutine until it finishes or Ctrl-C / SIGTERM asks it to stop, and
+`serve_until`: replicate some cores until the peers hold what they need or time runs out.
 
     args = parser.parse_args()                       # after add_network_arguments(parser)
     options = NetworkOptions.from_args(args, default_port=0)
@@ -23,16 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from hyperpi.hypercore import Core, Store
 from hyperpi.hypercore.keys import KeyPair
 from hyperpi.net.address import DEFAULT_PORT, Address, parse_address
 from hyperpi.net.discovery import multicast_interfaces
+from hyperpi.net.replication import CoreSet, replicate
+from hyperpi.net.stream import EncryptedConnection
 from hyperpi.net.swarm import ConnectionHandler, Swarm
 from hyperpi.wire.noise import keypair
 
 from .cli import UserError
-from .home import read_secret, write_secret
+from .home import hyperpi_home, read_secret, write_secret
 
 NOISE_FILE = "noise.secret"  # a peer identity (Noise static secret key, 64 bytes), mode 0600
+TICK = 0.5  # s between looks at a served wait's state (and redraws of its status line)
 
 T = TypeVar("T")
 
@@ -155,3 +160,56 @@ def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(wrapper())
+
+
+def serve_until(
+    options: NetworkOptions,
+    store: Store,
+    cores: Iterable[Core],
+    done: Callable[[], bool],
+    timeout: float,
+    *,
+    on_progress: Callable[[EncryptedConnection, Core, int], None],
+    on_tick: Callable[[Swarm, float], None] = lambda swarm, seconds_left: None,
+    wake_on: Iterable[Core] = (),
+) -> bool:
+    """Replicate `cores` on the LAN (joined on their discovery keys, as the host's Noise
+    identity) until `done()` or `timeout` seconds pass. `on_progress(conn, core, length)` hears
+    each length a peer says it holds; `on_tick(swarm, seconds_left)` runs before each wait (at
+    least every TICK); appends to a core of `wake_on` wake the wait too. True if Ctrl-C or
+    SIGTERM cut it short."""
+    cores = list(cores)
+    shared = CoreSet(store, cores)
+    changed = asyncio.Event()
+
+    def progress(conn: EncryptedConnection, core: Core, length: int) -> None:
+        on_progress(conn, core, length)
+        changed.set()
+
+    def on_connection(conn: EncryptedConnection) -> Awaitable[None]:
+        return replicate(conn, shared, on_progress=lambda core, length: progress(conn, core, length))
+
+    async def main(stop: asyncio.Event) -> bool:
+        swarm = await start_swarm(
+            options, noise_keypair(hyperpi_home()), [c.discovery_key for c in cores], on_connection, name="hyperpi-host"
+        )
+        unsubscribe = [core.subscribe(lambda _event: changed.set()) for core in wake_on]
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while not stop.is_set() and not done():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                on_tick(swarm, left)
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=min(TICK, left))
+                except TimeoutError:
+                    pass
+        finally:
+            for undo in unsubscribe:
+                undo()
+            await swarm.stop()
+        return stop.is_set()
+
+    return run_until_stopped(main)

@@ -16,19 +16,17 @@ command: arguments, owners, the wait on the LAN with its status line, and one-li
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
-import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from hyperpi.hypercore import Core, Store, z32_encode
-from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
+from hyperpi.net.swarm import Swarm
 
-from . import home, keys, netrun, resolve
+from . import keys, netrun, resolve
 from .cli import UserError, command_group
 from .devices import Device, list_devices, load_device
 from .pairing import (
@@ -47,7 +45,6 @@ DEFAULT_TIMEOUT = 30.0  # s; a device on the LAN connects within a few seconds (
 # An hour: longer than anyone waits at a terminal; `pair sync` in a loop suits longer waits.
 MAX_TIMEOUT = 3600.0
 EXIT_NOT_DELIVERED = 3  # distinct from 1 and 2 (user error): the entry is kept, delivery pending
-TICK = 0.5  # s between redraws of the waiting line on a terminal
 
 
 # --- devices and their owners -----------------------------------------------------------------
@@ -143,8 +140,6 @@ def deliver(deliveries: list[Delivery], store: Store, options: netrun.NetworkOpt
         if device.control_key in controls and all(device.feed_key != d.device.feed_key for d in deliveries)
     ]
     everyone = [*(d.device for d in deliveries), *bystanders]
-    cores = CoreSet(store, controls.values())
-    changed = asyncio.Event()
 
     def on_progress(conn: EncryptedConnection, core: Core, length: int) -> None:
         for device in everyone:
@@ -153,41 +148,27 @@ def deliver(deliveries: list[Delivery], store: Store, options: netrun.NetworkOpt
         for d in deliveries:
             if d.control.key == core.key and d.device.noise_key in (None, conn.remote_public_key):
                 d.held = max(d.held, length)
-        changed.set()
 
-    def on_connection(conn: EncryptedConnection) -> Awaitable[None]:
-        return replicate(conn, cores, on_progress=lambda core, length: on_progress(conn, core, length))
+    line = _WaitLine()
 
-    async def main(stop: asyncio.Event) -> bool:
-        swarm = await netrun.start_swarm(
+    def on_tick(swarm: Swarm, seconds_left: float) -> None:
+        remote_keys = set(swarm.connections)
+        for d in deliveries:
+            d.connected = bool(remote_keys) if d.device.noise_key is None else d.device.noise_key in remote_keys
+        line.show(_status(deliveries), seconds_left)
+
+    try:
+        return netrun.serve_until(
             options,
-            netrun.noise_keypair(home.hyperpi_home()),
-            [core.discovery_key for core in controls.values()],
-            on_connection,
-            name="hyperpi-host",
+            store,
+            controls.values(),
+            lambda: all(d.done for d in deliveries),
+            timeout,
+            on_progress=on_progress,
+            on_tick=on_tick,
         )
-        line = _WaitLine()
-        deadline = time.monotonic() + timeout
-        try:
-            while not stop.is_set() and not all(d.done for d in deliveries):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                remote_keys = set(swarm.connections)
-                for d in deliveries:
-                    d.connected = bool(remote_keys) if d.device.noise_key is None else d.device.noise_key in remote_keys
-                line.show(_status(deliveries), left)
-                changed.clear()
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=min(TICK, left))
-                except TimeoutError:
-                    pass
-        finally:
-            line.end()
-            await swarm.stop()
-        return stop.is_set()
-
-    return netrun.run_until_stopped(main)
+    finally:
+        line.end()
 
 
 # --- the commands ------------------------------------------------------------------------------
