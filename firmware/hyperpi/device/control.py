@@ -23,7 +23,7 @@ them, so one bad entry never blocks the ones after it.
 `ControlState` is what a device's entries amount to (who it follows, under which names, its
 own name and presets). The device applies its changes as they arrive
 (`hyperpi.device.service`); the owner's host replays the same state to show what a device will
-do (`hyperpi_host.pair`), so both read the entries by the same rules.
+do (`hyperpi_host.pairing`), so both read the entries by the same rules.
 """
 
 from __future__ import annotations
