@@ -107,13 +107,14 @@ class UpdateRunner:
     def _do(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Fetch):
+                core = self.service.fetch_release(effect.release.key)
                 log.info(
-                    "update %s: fetching %d blocks (%d bytes) from the owner's release feed",
+                    "update %s: fetching %d blocks (%d bytes) from the owner's release feed, %d held already",
                     effect.release.version,
                     effect.release.length,
                     effect.release.size,
+                    min(core.contiguous_length, effect.release.length),
                 )
-                core = self.service.fetch_release(effect.release.key)
                 self._unsubscribe = core.subscribe(self._on_release_event)
                 self._on_release_event()  # resumed: what the store already holds counts
             elif isinstance(effect, Drop):
