@@ -393,7 +393,7 @@ class Core:
             signature=self.signature or b"",
             get_node=self._node,
             get_block=self._block,
-            manifest=self.manifest if self.has_manifest else None,
+            manifest=self.manifest if req.manifest and self.has_manifest else None,
         )
 
     def verify_and_apply(self, proof: Proof) -> list[CoreEvent]:
@@ -470,14 +470,16 @@ class Core:
         return unsubscribe
 
     def _emit(self, event: CoreEvent) -> None:
-        def deliver() -> None:
+        self.store.after_commit_each(self._deliver, event)
+
+    def _deliver(self, events: list[CoreEvent]) -> None:
+        """Tell the subscribers about a committed transaction's events, in order."""
+        for event in events:
             for callback in list(self._subscribers):
                 try:
                     callback(event)
                 except Exception:  # the data is committed: a broken listener must not undo the call
                     log.exception("a subscriber of core %s failed on %s", self.key.hex()[:16], event.kind)
-
-        self.store.after_commit(deliver)
 
     # --- checking ----------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class Store:
         self._deferred: dict[str, list[tuple]] = {}  # see _defer()
         self._touched: list[Core] = []  # cores changed in the open transaction
         self._after_commit: list[Callable[[], None]] = []
+        self._after_commit_items: dict[Callable[[list], None], list] = {}  # see after_commit_each
         try:
             self.db = sqlite3.connect(self.db_path, isolation_level=None)
             # SQLite creates the database 0644 less the umask, and its -wal and -shm files with
@@ -358,6 +359,7 @@ class Store:
         if outer:
             self._touched.clear()
             callbacks, self._after_commit = self._after_commit, []
+            self._after_commit_items = {}
             for callback in callbacks:
                 callback()
 
@@ -393,6 +395,7 @@ class Store:
         if outer:
             self._touched.clear()
             self._after_commit.clear()
+            self._after_commit_items.clear()
 
     def touched(self, core: Core) -> None:
         if core not in self._touched:
@@ -401,6 +404,16 @@ class Store:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run callback once the current outermost transaction has committed."""
         self._after_commit.append(callback)
+
+    def after_commit_each(self, callback: Callable[[list], None], item: object) -> None:
+        """Queue `item` for `callback`: once the outermost transaction has committed, it is
+        called once with every item queued for it, in order (a download applying hundreds of
+        proofs in one transaction makes one call, not one per proof)."""
+        items = self._after_commit_items.get(callback)
+        if items is None:
+            items = self._after_commit_items[callback] = []
+            self._after_commit.append(lambda: callback(items))
+        items.append(item)
 
     # --- secret key files ----------------------------------------------------------------
 
