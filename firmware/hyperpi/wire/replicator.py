@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from hyperpi.hypercore import Core, ProofUnavailable, VerificationError, flat_tree
+from hyperpi.hypercore import Core, ProofUnavailable, VerificationError
 from hyperpi.hypercore.errors import INVALID_REQUEST, NOT_AVAILABLE, CorruptStore
 from hyperpi.hypercore.types import BlockRequest, Proof, ProofRequest, UpgradeRequest
 
@@ -396,10 +396,12 @@ class Replicator:
         self._send(peer, Data(message.id, proof))
 
     def _on_data(self, peer: _Peer, message: Data) -> None:
-        req = peer.inflight.get(message.request_id)
+        req = peer.inflight.pop(message.request_id, None)
         if req is None:
             return  # not something we asked for (late or cancelled): Node drops it
-        self._settle(peer, message.request_id, req)
+        peer.free_ids.append(message.request_id)
+        if req.upgrade is not None or (req.manifest and req.block is None):
+            peer.upgrading = False
         if not _answers(req, message.proof):
             self._forget_block(peer, req)  # an answer to another question: drop it, ask again later
             if req.block is not None:
@@ -563,19 +565,21 @@ class Replicator:
             peer.cursor = core.contiguous_length  # a block behind it was dropped (damaged): ask again
         peer.cursor = max(peer.cursor, core.contiguous_length)
         batched = 0
+        inflight, pending, unavailable = peer.blocks_inflight, peer.pending_nodes, peer.unavailable
+        length, fork = core.length, core.fork
         with self.mux.batch():
-            while len(peer.blocks_inflight) < MAX_INFLIGHT and peer.cursor < core.length:
+            while len(inflight) < MAX_INFLIGHT and peer.cursor < length:
                 index = peer.cursor
-                if not peer.remote_has(index):
+                if index >= peer.remote_contiguous and not peer.remote_has(index):
                     break  # wait for the remote to announce it
                 peer.cursor += 1
-                if index in peer.blocks_inflight or index in peer.unavailable or core.has(index):
+                if index in inflight or index in unavailable or core.has(index):
                     continue
-                block = BlockRequest(index, core.missing_nodes(index, also_held=peer.pending_nodes))
-                delivered = peer.blocks_inflight[index] = _delivered_nodes(block)
+                block = BlockRequest(index, core.missing_nodes(index, also_held=pending))
+                delivered = inflight[index] = _delivered_nodes(block)
                 for node in delivered:
-                    peer.pending_nodes[node] = peer.pending_nodes.get(node, 0) + 1
-                self._request(peer, ProofRequest(core.fork, block=block))
+                    pending[node] = pending.get(node, 0) + 1
+                self._request(peer, ProofRequest(fork, block))
                 batched += 1
                 if batched % REQUEST_BATCH == 0:  # close this batch frame, start the next
                     self.mux.uncork()
@@ -631,8 +635,10 @@ class Replicator:
 def _anchor(block: BlockRequest) -> int:
     """The stored node a block proof with `block.nodes` levels is checked against."""
     index = 2 * block.index
-    for _ in range(block.nodes):
-        index = flat_tree.parent(index)
+    if block.nodes:
+        # The ancestor d = `nodes` levels up: clear the low d + 1 bits, then set the low d.
+        d = block.nodes
+        index = (index >> (d + 1) << (d + 1)) | ((1 << d) - 1)
     return index
 
 
@@ -642,8 +648,9 @@ def _delivered_nodes(block: BlockRequest) -> list[int]:
     index = 2 * block.index
     nodes = [index]
     for _ in range(block.nodes):
-        nodes.append(flat_tree.sibling(index))
-        index = flat_tree.parent(index)
+        t = (index + 1) & ~index  # flat_tree.sibling and parent, inlined
+        nodes.append(index ^ (t << 1))
+        index = (index | t) & ~(t << 1)
         nodes.append(index)
     return nodes[:-1] if block.nodes else nodes
 
