@@ -386,26 +386,31 @@ def _encode_block_data(request_id: int, fork: int, block: BlockProof) -> bytes:
 
 
 def _decode_block_data(payload: bytes) -> Data:
-    """Data.decode of flags 1 (a block and its nodes only), field by field without a State."""
+    """Data.decode of flags 1 (a block and its nodes only), field by field without a State.
+    One-byte uints (most of them) are read inline; a read past the end is an IndexError."""
     b, end = payload, len(payload)
-    request_id, pos = uint_at(b, 1, end)
-    fork, pos = uint_at(b, pos, end)
-    index, pos = uint_at(b, pos, end)
-    size, pos = uint_at(b, pos, end)
-    if end - pos < size:
-        raise DecodeError(f"truncated: needed {size} bytes, {end - pos} left")
-    value = b[pos : pos + size]
-    count, pos = uint_at(b, pos + size, end)
-    if count > MAX_ARRAY_LENGTH:
-        raise DecodeError(f"{count} tree nodes is above the limit of {MAX_ARRAY_LENGTH}")
-    nodes = []
-    for _ in range(count):
-        node_index, pos = uint_at(b, pos, end)
-        node_size, pos = uint_at(b, pos, end)
-        if end - pos < 32:
-            raise DecodeError(f"truncated: needed 32 bytes, {end - pos} left")
-        nodes.append(TreeNode(node_index, node_size, b[pos : pos + 32]))
-        pos += 32
+    try:
+        request_id, pos = (b[1], 2) if b[1] <= 0xFC else uint_at(b, 1, end)
+        fork, pos = (b[pos], pos + 1) if b[pos] <= 0xFC else uint_at(b, pos, end)
+        index, pos = uint_at(b, pos, end)
+        size, pos = (b[pos], pos + 1) if b[pos] <= 0xFC else uint_at(b, pos, end)
+        if end - pos < size:
+            raise DecodeError(f"truncated: needed {size} bytes, {end - pos} left")
+        value = b[pos : pos + size]
+        pos += size
+        count, pos = (b[pos], pos + 1) if b[pos] <= 0xFC else uint_at(b, pos, end)
+        if count > MAX_ARRAY_LENGTH:
+            raise DecodeError(f"{count} tree nodes is above the limit of {MAX_ARRAY_LENGTH}")
+        nodes = []
+        for _ in range(count):
+            node_index, pos = uint_at(b, pos, end)
+            node_size, pos = uint_at(b, pos, end)
+            if end - pos < 32:
+                raise DecodeError(f"truncated: needed 32 bytes, {end - pos} left")
+            nodes.append(TreeNode(node_index, node_size, b[pos : pos + 32]))
+            pos += 32
+    except IndexError:
+        raise DecodeError("truncated: expected a uint") from None
     return Data(request_id, Proof(fork, BlockProof(index, value, nodes)))
 
 
