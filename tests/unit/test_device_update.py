@@ -393,3 +393,58 @@ def test_a_real_wheel_installs_beside_and_the_launcher_runs_it(tmp_path: Path, w
 def test_the_unit_restarts_on_the_update_exit_code() -> None:
     unit = (ROOT / "firmware" / "hyperpi-device.service").read_text()
     assert f"\nRestartForceExitStatus={EXIT_UPDATED}\n" in unit
+
+
+# --- the adapter, on a real service and store -----------------------------------------------------
+
+
+def test_the_service_fetches_installs_reports_and_frees_a_release(
+    tmp_path: Path, wheel_0_2_0: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's control feed and the release feed are in the device's store already (as if
+    replicated): the runner installs, switches, asks to exit with EXIT_UPDATED and says so in
+    status blocks; started again as 0.2.0 it reports `running` and frees the release's blocks."""
+    import asyncio
+
+    from hyperpi.device.config import DeviceConfig
+    from hyperpi.device.launch import FACTORY_SITE_ENV
+    from hyperpi.device.service import DeviceService
+    from hyperpi.device.updating import UpdateRunner
+
+    monkeypatch.setenv(FACTORY_SITE_ENV, os.pathsep.join(site.getsitepackages()))
+    bundle = make_bundle("0.2.0", [(wheel_0_2_0.name, wheel_0_2_0.read_bytes())])
+    store = Store(tmp_path / "store")
+    own, control, feed = Core.create(store), Core.create(store), Core.create(store)
+    feed.append(list(bundle.blocks))
+    release = release_of(bundle, feed.key)
+    config = DeviceConfig(name="kitchen", board="headless", owner=control.key)
+
+    def statuses() -> list[dict]:
+        blocks = [json.loads(own.get(i)) for i in range(own.length)]
+        return [{k: v for k, v in b.items() if k != "time"} for b in blocks if b.get("type") == "status"]
+
+    async def run(running: str) -> tuple[UpdateRunner, int | None]:
+        service = DeviceService(config, store, own, state_dir=tmp_path)
+        exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        runner = UpdateRunner(service, tmp_path, running, exited.set_result, enabled=True)
+        service.start()  # as main.py does: statuses wait for it (a new feed's first block is "online")
+        if control.length == 0:  # announced while running: the control feed's event reaches the runner
+            control.append([entry(version="0.2.0", key=z32_encode(feed.key), length=release.length,
+                                  size=release.size, sha256=release.sha256)])  # fmt: skip
+        try:
+            code = await asyncio.wait_for(asyncio.shield(exited), 120) if running == "0.1.0" else None
+        finally:
+            service.close()
+        return runner, code
+
+    runner, code = asyncio.run(run("0.1.0"))
+    releases = Releases(tmp_path)
+    assert code == EXIT_UPDATED and releases.current() is not None and releases.usable(releases.current())
+    assert runner.service.app.update_line == "update 0.2.0: installed"
+    assert [s.get("update", {}).get("state") for s in statuses()] == [None, "downloading", "installing", "installed"]
+    assert json.loads(own.get(0))["text"] == "kitchen is online"
+
+    runner, _ = asyncio.run(run("0.2.0"))  # the restart, as the new version
+    assert statuses()[-1] == {"type": "status", "version": "0.2.0", "update": {"version": "0.2.0", "state": "running"}}
+    assert Core.open(store, feed.key).contiguous_length == 0  # the bundle's blocks are freed
+    store.close()

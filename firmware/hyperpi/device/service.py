@@ -90,7 +90,10 @@ class DeviceService:
         self.last_release: Release | None = None
         self.on_release: Callable[[Release], None] | None = None
         self.release_core: Core | None = None
-        self._held_status: dict | None = None  # a status to publish once the own feed is recovered
+        # A status to publish once the service has started (the first block of a new feed is its
+        # "online" message) and its own feed is recovered.
+        self._held_status: dict | None = None
+        self._started = False
         self._control_applied = 0
         self._unsubscribe: dict[bytes, Callable[[], None]] = {}
         self._changed = asyncio.Event()
@@ -116,8 +119,10 @@ class DeviceService:
         """First start: announce the device on its own feed (the image's boot test reads it).
         Recovering the own feed, wait for a peer first (see the module docstring)."""
         self._announce = self.own.length == 0
+        self._started = True
         if not self._recovering:
             self._announce_online()
+            self._publish_held_status()
             return
         log.info(
             "own feed: %d blocks in the store; recovering it from peers before appending (at most %.0f s)",
@@ -153,9 +158,7 @@ class DeviceService:
         if self.app.notice == RECOVERING_NOTICE:
             self.app.notice = None
         self._announce_online()
-        if self._held_status is not None:
-            self.publish_status(self._held_status)
-            self._held_status = None
+        self._publish_held_status()
         held, self._held = self._held, []
         for text in held:
             self.append_chat(text)
@@ -304,13 +307,18 @@ class DeviceService:
 
     def publish_status(self, status: dict) -> None:
         """Append a status block (device/update.py) to the own feed; the owner's host reads it."""
-        if self._recovering:
-            self._held_status = status
+        if self._recovering or not self._started:
+            self._held_status = status  # only the latest is worth publishing
             return
         try:
             self.own.append([json.dumps(status, separators=(",", ":")).encode()])
         except HypercoreError as e:
             log.error("status not published (%s)", e)
+
+    def _publish_held_status(self) -> None:
+        status, self._held_status = self._held_status, None
+        if status is not None:
+            self.publish_status(status)
 
     def changed(self) -> None:
         """Something on the screen changed: redraw."""

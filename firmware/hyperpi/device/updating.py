@@ -83,10 +83,13 @@ class UpdateRunner:
         self._unsubscribe: Callable[[], None] | None = None
         self._install: asyncio.Task[None] | None = None
         self._said_disabled = False
+        self._cleared: set[bytes] = set()  # release feeds whose blocks were freed
         self.exit_code: int | None = None
         service.on_release = self.offer
         if service.last_release is not None:
             self.offer(service.last_release)
+        elif self.enabled:
+            self._do(self.updater.decide())  # the running version, for `hyperpi release status`
 
     # -- inputs ---------------------------------------------------------------------------
     def offer(self, release: Release) -> None:
@@ -97,6 +100,13 @@ class UpdateRunner:
             return
         self.updater.offer(release)
         self._do(self.updater.decide())
+        if self.updater.target is None and release.key not in self._cleared:
+            # Installed, failed or rolled back: its blocks (up to MAX_RELEASE_BYTES) are not needed.
+            self._cleared.add(release.key)
+            try:
+                self.service.store.clear_core(release.key)
+            except HypercoreError as e:
+                log.warning("release feed of %s not cleared from the store: %s", release.version, e)
 
     def _on_release_event(self, _event: object = None) -> None:
         core = self.service.release_core
@@ -105,6 +115,7 @@ class UpdateRunner:
 
     # -- effects --------------------------------------------------------------------------
     def _do(self, effects: list[Effect]) -> None:
+        fetched = False
         for effect in effects:
             if isinstance(effect, Fetch):
                 core = self.service.fetch_release(effect.release.key)
@@ -116,7 +127,7 @@ class UpdateRunner:
                     min(core.contiguous_length, effect.release.length),
                 )
                 self._unsubscribe = core.subscribe(self._on_release_event)
-                self._on_release_event()  # resumed: what the store already holds counts
+                fetched = True
             elif isinstance(effect, Drop):
                 if self._unsubscribe is not None:
                     self._unsubscribe()
@@ -128,6 +139,8 @@ class UpdateRunner:
                 update = effect.status.get("update")
                 log.info("status: running %s%s", effect.status["version"], f", update {update}" if update else "")
                 self.service.publish_status({**effect.status, "time": int(time.time() * 1000)})
+        if fetched:  # resumed: what the store already holds counts (after this batch's statuses)
+            self._on_release_event()
         line = self.updater.screen_line()
         if line != self.service.app.update_line:
             self.service.app.update_line = line
