@@ -205,6 +205,36 @@ def test_reader_follows_a_writer_and_can_serve_others(tmp_path, compat):
         third.audit()
 
 
+def test_a_dropped_block_keeps_its_leaf_for_the_proofs_of_its_neighbours(tmp_path):
+    """A downloaded block's leaf lives in its row only. When the block is found damaged and
+    dropped, its leaf (checked against its parent) is kept as a tree node, so the proof of its
+    neighbour can still be made; the last block of an odd length keeps its root leaf, so the
+    core opens again."""
+    wstore, w = writer(tmp_path / "w", 7)
+    with wstore:
+        with Store(tmp_path / "r") as rstore:
+            reader = Core.open(rstore, w.key)
+            _replicate(w, reader)
+            leaf_rows = "SELECT COUNT(*) FROM nodes WHERE idx=4"  # block 2's leaf: only in its row
+            assert rstore.db.execute(leaf_rows).fetchone() == (0,)
+            for i in (2, 6):  # 6: its leaf 12 is a root of length 7
+                rstore.db.execute("UPDATE blocks SET value=? WHERE idx=?", (b"rotten", i))
+                with pytest.raises(CorruptStore, match="damaged"):
+                    reader.get(i)
+                assert not reader.has(i)
+            req = ProofRequest(fork=0, block=BlockRequest(3, 1))  # carries block 2's leaf
+            assert reader.proof(req) == w.proof(req)
+        with Store(tmp_path / "r") as rstore:
+            reopened = Core.open(rstore, w.key)
+            assert reopened.length == 7 and not reopened.has(6)
+            reopened.audit()
+            for i in (2, 6):  # fetched again, checked against the kept leaves
+                req = ProofRequest(fork=0, block=BlockRequest(i, reopened.missing_nodes(i)))
+                assert req.block is not None and req.block.nodes == 0
+                reopened.verify_and_apply(w.proof(req))
+            assert reopened.get(2) == chat(2) and reopened.get(6) == chat(6)
+
+
 def test_failed_verification_stores_nothing(tmp_path):
     wstore, w = writer(tmp_path / "w", 3)
     with wstore, Store(tmp_path / "r") as rstore:

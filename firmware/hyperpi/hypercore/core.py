@@ -232,7 +232,7 @@ class Core:
             raise KeyError(f"block {i} of core {self.key.hex()[:16]}... is not held here")
         value, expected = row
         if not isinstance(value, bytes) or leaf_hash(value) != expected:
-            self._drop_block(i)
+            self._drop_block(i, expected)
             raise CorruptStore(
                 f"block {i} of core {self.key.hex()} was damaged in the store: dropped, to be fetched again from peers"
             )
@@ -266,11 +266,12 @@ class Core:
         self._cache_nodes(nodes)
         self._scanned = (first, last)
 
-    def _drop_block(self, i: int) -> None:
+    def _drop_block(self, i: int, digest: object) -> None:
         """Forget a damaged block (its row holds its leaf hash too, which may be the damaged
         part): it is no longer held, so replication asks peers for it again, checked against
         the tree nodes above it."""
         log.warning("block %d of core %s is damaged in the store: dropped, to be fetched again", i, self.key.hex()[:16])
+        self._keep_leaf(i, digest)
         self.store.delete_block(self._id, i)
         self.store.touched(self)  # a rolled-back transaction brings the row back: reload then
         self._nodes.pop(2 * i, None)
@@ -280,6 +281,27 @@ class Core:
             self._held_above.update(range(i + 1, self._contiguous))
             self._contiguous = i
         self._held_above.discard(i)
+
+    def _keep_leaf(self, i: int, digest: object) -> None:
+        """Keep the leaf node of damaged block i as a tree node when its parent proves the hash
+        in its row: a held block's leaf lives in its row only, and proofs of its neighbour need
+        it until the block is fetched again."""
+        leaf, sibling, parent = 2 * i, 2 * i ^ 2, (2 * i | 1) & ~2
+        for root in self._roots:
+            if root.index == leaf:  # the last block of an odd length: its leaf is a root
+                self.store.write_node(self._id, root)
+                return
+        if not isinstance(digest, bytes) or len(digest) != 32 or flat_tree.right_span(parent) >= 2 * self.length:
+            return
+        try:
+            up, side = self._node(parent), self._node(sibling)
+        except CorruptStore:
+            return
+        if up is None or side is None or up.size < side.size:
+            return
+        node = TreeNode(leaf, up.size - side.size, digest)
+        if parent_node(parent, *((node, side) if leaf < sibling else (side, node))) == up:
+            self.store.write_node(self._id, node)
 
     def has(self, i: int) -> bool:
         return i < self._contiguous or i in self._held_above
@@ -425,10 +447,11 @@ class Core:
             store.write_manifest(cid, v.manifest)
             self._set_manifest(v.manifest)
         if v.nodes:
-            # The node the proof was checked against is stored already. (The block's leaf is
-            # stored although its row holds it too: a proof of its neighbour needs it after a
-            # damaged block was dropped.) In order, a download stores about one node per block.
-            new = [n for n in v.nodes if n.index != v.trusted]
+            # Not stored again: the node the proof was checked against, and the block's leaf
+            # (its row holds it; _keep_leaf saves it if the block is ever dropped). An in-order
+            # download so stores one node row per block, the tree's parents.
+            leaf_index = 2 * v.block[0] if v.block is not None else -1
+            new = [n for n in v.nodes if n.index != v.trusted and n.index != leaf_index]
             if new:
                 store.defer_nodes(cid, new)
             self._cache_nodes(v.nodes)

@@ -271,6 +271,10 @@ class Store:
         except sqlite3.DatabaseError as error:
             raise _storage_error(error) from None
 
+    def write_node(self, core: int, node: TreeNode) -> None:
+        """Store one verified node now (replacing any held)."""
+        self._write("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", (core, *node))
+
     def defer_nodes(self, core: int, nodes: Iterable[TreeNode]) -> None:
         """Store verified nodes (replacing any held) with the next batch of writes (`_defer`)."""
         self._defer("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", [(core, *n) for n in nodes])
