@@ -315,6 +315,8 @@ class Core:
             row: tuple | None = (len(ahead[0]), ahead[1])
         elif self._scanned[0] <= index <= self._scanned[1]:
             row = None  # not in the nodes table (see _scan_nodes)
+        elif not index & 1 and self.has(index >> 1):
+            row = self.store.read_node_or_leaf(self._id, index >> 1)  # a held block's leaf: in its row
         else:
             row = self.store.read_node(self._id, index)
         if row is None and not index & 1 and self.has(index // 2):  # a held block's leaf is in its row

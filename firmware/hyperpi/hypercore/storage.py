@@ -254,6 +254,14 @@ class Store:
             self._rows("SELECT idx, size, hash FROM nodes WHERE core=? AND idx>=? AND idx<=?", (core, first, last))
         )
 
+    def read_node_or_leaf(self, core: int, block: int) -> tuple | None:
+        """read_node of block's leaf, else read_leaf: one query for what is mostly two."""
+        return self._row(
+            "SELECT size, hash FROM nodes WHERE core=?1 AND idx=?2 * 2"
+            " UNION ALL SELECT length(value), hash FROM blocks WHERE core=?1 AND idx=?2 LIMIT 1",
+            (core, block),
+        )
+
     def read_leaf(self, core: int, block: int) -> tuple | None:
         """(size, hash) of a held block's leaf node, which lives in the block's row."""
         return self._row("SELECT length(value), hash FROM blocks WHERE core=? AND idx=?", (core, block))
