@@ -88,6 +88,8 @@ def build_wheel(folder: Path) -> Path:
 
 def wheel_metadata(path: Path) -> tuple[str, str]:
     """(distribution name, version) from a wheel's METADATA; UserError if it is not a wheel."""
+    if not path.name:
+        raise UserError("a wheel's path is empty")
     try:
         with zipfile.ZipFile(path) as wheel:
             names = [n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
@@ -369,6 +371,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     devices = pick_devices(owner, args.device)
     if not devices:
         raise UserError(f"no device provisioned from here follows {owner}'s control feed")
+    for path in args.wheel:  # a mistake in them is said before a wheel is built
+        wheel_metadata(path)
     with tempfile.TemporaryDirectory(prefix="hyperpi-release-") as tmp:
         main = args.bundle if args.bundle is not None else build_wheel(Path(tmp))
         version, files = read_bundle(main, args.wheel)
