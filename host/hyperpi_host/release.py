@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.message
 import email.parser
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +48,7 @@ MAX_WAIT = 3600.0
 EXIT_NOT_DELIVERED = 3  # as `hyperpi pair`: published, some devices not reached yet
 STATUS_SCAN_BLOCKS = 256  # how far back a device's feed is searched for its latest status
 TICK = 0.5
+REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 PROJECT_FILES = ("pyproject.toml", "README.md", "firmware", "host")  # what `pip wheel` of a checkout reads
 
 
@@ -88,6 +91,11 @@ def build_wheel(folder: Path) -> Path:
 
 def wheel_metadata(path: Path) -> tuple[str, str]:
     """(distribution name, version) from a wheel's METADATA; UserError if it is not a wheel."""
+    meta = _metadata(path)
+    return str(meta.get("Name", "")), str(meta.get("Version", ""))
+
+
+def _metadata(path: Path) -> email.message.Message:
     if not path.name:
         raise UserError("a wheel's path is empty")
     try:
@@ -100,8 +108,41 @@ def wheel_metadata(path: Path) -> tuple[str, str]:
         raise UserError(f"{path}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile):
         raise UserError(f"{path} is not a wheel (.whl)") from None
-    meta = email.parser.Parser().parsestr(text, headersonly=True)
-    return str(meta.get("Name", "")), str(meta.get("Version", ""))
+    return email.parser.Parser().parsestr(text, headersonly=True)
+
+
+def normalize(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def device_requirements(wheel: Path) -> set[str]:
+    """The distributions hyperpi[device] of this wheel needs on every device: its requirements
+    with no marker or only `extra == "device"` (ones for a platform, such as lgpio on aarch64,
+    cannot be judged from here and are left out)."""
+    needed = set()
+    for requirement in _metadata(wheel).get_all("Requires-Dist") or []:
+        match = REQUIREMENT.match(str(requirement))
+        if match is None:
+            continue
+        marker = str(requirement).partition(";")[2]
+        extras = re.findall(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        rest = re.sub(r"""\(?\s*extra\s*==\s*["'][^"']+["']\s*\)?""", "", marker).strip()
+        if rest or (extras and extras != ["device"]):
+            continue
+        needed.add(normalize(match.group(1)))
+    return needed
+
+
+def lacking(wheel: Path, extra: list[Path], status: dict | None) -> list[str]:
+    """What a device that reported `status` lacks of what this release needs; [] if it reported
+    no packages (an older version) or lacks nothing."""
+    packages = status.get("packages") if isinstance(status, dict) else None
+    if not isinstance(packages, list):
+        return []
+    present = {normalize(str(p).split("==", 1)[0]) for p in packages}
+    present |= {normalize(wheel_metadata(p)[0]) for p in extra}
+    return sorted(device_requirements(wheel) - present - {"hyperpi"})
 
 
 def read_bundle(main: Path, extra: list[Path]) -> tuple[str, list[tuple[str, bytes]]]:
@@ -207,6 +248,15 @@ def latest_status(core: Core) -> dict | None:
         if isinstance(value, dict) and value.get("type") == "status":
             return value
     return None
+
+
+def latest_status_here(device: Device) -> dict | None:
+    """The device's latest status in this computer's copy of its feed (fetched by `release status`)."""
+    with keys.open_store() as store:
+        try:
+            return latest_status(Core.open(store, device.feed_key))
+        except HypercoreError:
+            return None
 
 
 def describe(status: dict | None) -> tuple[str, str]:
@@ -376,6 +426,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="hyperpi-release-") as tmp:
         main = args.bundle if args.bundle is not None else build_wheel(Path(tmp))
         version, files = read_bundle(main, args.wheel)
+        missing = {d.name: lacking(main, args.wheel, latest_status_here(d)) for d in devices}
+    for name, packages in missing.items():
+        if packages:
+            print(
+                f"hyperpi: warning: {name} reported no {', '.join(packages)}, which hyperpi {version} needs; "
+                "its install will fail unless their wheels come with --wheel FILE",
+                file=sys.stderr,
+            )
     try:
         bundle = make_bundle(version, files)
     except ValueError as error:

@@ -11,6 +11,7 @@ import signal
 import site
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -421,7 +422,9 @@ def test_the_service_fetches_installs_reports_and_frees_a_release(
 
     def statuses() -> list[dict]:
         blocks = [json.loads(own.get(i)) for i in range(own.length)]
-        return [{k: v for k, v in b.items() if k != "time"} for b in blocks if b.get("type") == "status"]
+        return [
+            {k: v for k, v in b.items() if k not in ("time", "packages")} for b in blocks if b.get("type") == "status"
+        ]
 
     async def run(running: str) -> tuple[UpdateRunner, int | None]:
         service = DeviceService(config, store, own, state_dir=tmp_path)
@@ -443,6 +446,8 @@ def test_the_service_fetches_installs_reports_and_frees_a_release(
     assert runner.service.app.update_line == "update 0.2.0: installed"
     assert [s.get("update", {}).get("state") for s in statuses()] == [None, "downloading", "installing", "installed"]
     assert json.loads(own.get(0))["text"] == "kitchen is online"
+    packages = json.loads(own.get(own.length - 1))["packages"]  # what this environment has, for the host
+    assert "pynacl==" + metadata.version("pynacl") in packages and "hyperpi==0.1.0" in packages
 
     runner, _ = asyncio.run(run("0.2.0"))  # the restart, as the new version
     assert statuses()[-1] == {"type": "status", "version": "0.2.0", "update": {"version": "0.2.0", "state": "running"}}

@@ -13,26 +13,26 @@ import pytest
 
 from hyperpi.device.control import parse_entry
 from hyperpi.device.install import assemble
-from hyperpi.hypercore import Core, core_key, generate_keypair
+from hyperpi.hypercore import Core, KeyPair, core_key, generate_keypair
 from tests.conftest import run_cli
 
 
-def fake_wheel(folder: Path, name: str, version: str, payload: bytes = b"") -> Path:
+def fake_wheel(folder: Path, name: str, version: str, payload: bytes = b"", requires: tuple[str, ...] = ()) -> Path:
     """A minimal wheel: what `release` reads of one is its METADATA."""
     path = folder / f"{name}-{version}-py3-none-any.whl"
     buffer = io.BytesIO()
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(buffer, "w") as wheel:
-        wheel.writestr(
-            f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-        )
+        wheel.writestr(f"{name}-{version}.dist-info/METADATA", meta)
         wheel.writestr(f"{name}/data.bin", payload)
     path.write_bytes(buffer.getvalue())
     return path
 
 
-def record_device(home: Path, name: str, control: bytes) -> bytes:
+def record_device(home: Path, name: str, control: bytes, feed: KeyPair | None = None) -> bytes:
     """The record `hyperpi provision` writes (hyperpi_host/provisioning.py), for a device made here."""
-    feed = generate_keypair()
+    feed = feed or generate_keypair()
     noise = generate_keypair()
     key = core_key(feed.public_key)
     (home / "devices").mkdir(mode=0o700, exist_ok=True)
@@ -108,3 +108,32 @@ def test_publish_mistakes_are_one_line(tmp_path: Path, hyperpi_home: Path, owner
         code, _, err = run_cli(capsys, "release", "publish", *argv, "--no-wait")
         assert code == 2 and err.count("\n") == 1 and says in err, (argv, err)
         assert "Traceback" not in err
+
+
+def test_publish_says_which_packages_a_device_lacks(tmp_path: Path, hyperpi_home: Path, owner: bytes, capsys) -> None:
+    """From the packages a device listed in its last status block (device/update.py)."""
+    from hyperpi_host import keys
+
+    feed = generate_keypair()
+    record_device(hyperpi_home, "kitchen", owner, feed)
+    with keys.open_store() as store:  # the device's feed as `release status` fetched it
+        status = {"type": "status", "version": "0.1.0", "packages": ["pynacl==1.5.0", "pillow==10.0.0"]}
+        Core.create(store, feed).append([json.dumps(status).encode()])
+    requires = (
+        "PyNaCl>=1.5",
+        "new_thing>=1; extra == 'device'",
+        'pillow>=10; extra == "device"',
+        "lgpio>=0.2; platform_machine == 'aarch64' and extra == 'device'",  # not judged from here
+        "zxing-cpp; extra == 'host'",
+    )
+    main = fake_wheel(tmp_path, "hyperpi", "0.2.0", requires=requires)
+    code, _, err = run_cli(capsys, "release", "publish", str(main), "--no-wait")
+    assert code == 0 and err == (
+        "hyperpi: warning: kitchen reported no new-thing, which hyperpi 0.2.0 needs; "
+        "its install will fail unless their wheels come with --wheel FILE\n"
+    )
+    extra = fake_wheel(tmp_path, "New.Thing", "1.0")
+    code, _, err = run_cli(
+        capsys, "release", "publish", str(main), "--wheel", str(extra), "--no-wait", "--allow-downgrade"
+    )
+    assert code == 0 and err == ""

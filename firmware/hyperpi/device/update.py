@@ -14,7 +14,9 @@ timelines and `hyperpi chat view` skip them) is what `hyperpi release status` sh
      "update": {"version": "0.2.0", "state": "downloading", "progress": 40}}
 
 with state downloading (progress in PROGRESS_STEP steps), installing, installed (restarting
-into it), running, failed (reason) or rolled back (reason).
+into it), running, failed (reason) or rolled back (reason); and "packages", the distributions
+the running environment has ("name==version"), so the owner's host can say which wheels a
+release must bring (hyperpi_host/release.py).
 """
 
 from __future__ import annotations
@@ -67,8 +69,15 @@ def newer(version: str, than: str) -> int:
 
 
 class Updater:
-    def __init__(self, running: str, failed: dict[str, str] | None = None, published: dict | None = None) -> None:
+    def __init__(
+        self,
+        running: str,
+        failed: dict[str, str] | None = None,
+        published: dict | None = None,
+        packages: tuple[str, ...] = (),
+    ) -> None:
         self.running = running
+        self.packages = packages  # "name==version" of what this environment has (for the owner's host)
         self.failed = dict(failed or {})  # version -> reason ("failed: ..." or "rolled back: ...")
         self.offered: Release | None = None
         self.target: Release | None = None  # being fetched or installed
@@ -146,6 +155,8 @@ class Updater:
 
     def status(self) -> dict[str, Any]:
         value: dict[str, Any] = {"type": "status", "version": self.running}
+        if self.packages:
+            value["packages"] = list(self.packages)
         update = self.update_status()
         if update is not None:
             value["update"] = update

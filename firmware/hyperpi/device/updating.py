@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +54,25 @@ def healthy_seconds() -> float:
         return HEALTHY_SECONDS
 
 
+MAX_PACKAGES = 200  # distributions listed in a status (an appliance's environment has ~30)
+
+
+def visible_packages() -> tuple[str, ...]:
+    """ "name==version" of every distribution on sys.path, from the names of their .dist-info
+    folders: no metadata is parsed, so this costs a few directory listings."""
+    found = set()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and "-" in name:
+                dist, _, version = name[: -len(".dist-info")].rpartition("-")
+                found.add(f"{re.sub(r'[-_.]+', '-', dist).lower()}=={version}")
+    return tuple(sorted(found)[:MAX_PACKAGES])
+
+
 def last_status(own: Core) -> dict | None:
     """The newest status block of the own feed (to publish only what changed since)."""
     for index in range(own.contiguous_length - 1, max(-1, own.contiguous_length - 1 - STATUS_SCAN_BLOCKS), -1):
@@ -79,7 +99,8 @@ class UpdateRunner:
         self.releases = Releases(state_dir)
         self.enabled = os.environ.get(LAUNCHED_ENV) == "1" if enabled is None else enabled
         self.request_exit = request_exit
-        self.updater = Updater(running, self.releases.failed(), last_status(service.own))
+        packages = visible_packages() if self.enabled else ()
+        self.updater = Updater(running, self.releases.failed(), last_status(service.own), packages)
         self._unsubscribe: Callable[[], None] | None = None
         self._install: asyncio.Task[None] | None = None
         self._said_disabled = False
