@@ -451,7 +451,8 @@ class Core:
         if v.nodes:
             # Not stored again: the node the proof was checked against, and the block's leaf
             # (its row holds it; _keep_leaf saves it if the block is ever dropped). An in-order
-            # download so stores one node row per block, the tree's parents.
+            # download so stores ~1.5 node rows per block: the parents, and the sibling leaves
+            # that arrive before their own blocks.
             leaf_index = 2 * v.block[0] if v.block is not None else -1
             new = [n for n in v.nodes if n.index != v.trusted and n.index != leaf_index]
             if new:
