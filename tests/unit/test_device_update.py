@@ -453,3 +453,33 @@ def test_the_service_fetches_installs_reports_and_frees_a_release(
     assert statuses()[-1] == {"type": "status", "version": "0.2.0", "update": {"version": "0.2.0", "state": "running"}}
     assert Core.open(store, feed.key).contiguous_length == 0  # the bundle's blocks are freed
     store.close()
+
+
+def test_a_release_naming_one_of_the_devices_feeds_is_refused(tmp_path: Path) -> None:
+    """The owner's mistake (the own feed's key as a release feed) fails the release, and never
+    clears that feed from the store."""
+    import asyncio
+
+    from hyperpi.device.config import DeviceConfig
+    from hyperpi.device.service import DeviceService
+    from hyperpi.device.updating import UpdateRunner
+
+    store = Store(tmp_path / "store")
+    own, control = Core.create(store), Core.create(store)
+    control.append([entry(key=z32_encode(own.key))])
+    config = DeviceConfig(name="kitchen", board="headless", owner=control.key)
+
+    async def run() -> DeviceService:
+        service = DeviceService(config, store, own, state_dir=tmp_path)
+        UpdateRunner(service, tmp_path, "0.1.0", lambda code: None, enabled=True)
+        service.start()
+        service.close()
+        return service
+
+    service = asyncio.run(run())
+    assert service.release_core is None and Releases(tmp_path).failed() == {
+        "0.2.0": "failed: the release names one of the device's own, control or followed feeds"
+    }
+    last = json.loads(own.get(own.length - 1))
+    assert last["update"]["state"] == "failed" and json.loads(own.get(0))["text"] == "kitchen is online"
+    store.close()

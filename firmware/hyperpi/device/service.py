@@ -283,8 +283,15 @@ class DeviceService:
             self._changed.set()
 
     # -- updates (device/updating.py) ------------------------------------------------------
+    def feed_in_use(self, key: bytes) -> bool:
+        """Whether `key` is the own feed, the control feed or a followed feed: never a release's."""
+        return key == self.own.key or (self.control is not None and key == self.control.key) or key in self.feeds
+
     def fetch_release(self, key: bytes) -> Core:
-        """Replicate the release feed `key` (its blocks are verified like every core's)."""
+        """Replicate the release feed `key` (its blocks are verified like every core's);
+        ValueError if that key is one of the device's other feeds."""
+        if self.feed_in_use(key):
+            raise ValueError("the release names one of the device's own, control or followed feeds")
         if self.release_core is not None and self.release_core.key != key:
             self.drop_release(self.release_core.key)
         if self.release_core is None:
@@ -295,7 +302,7 @@ class DeviceService:
 
     def drop_release(self, key: bytes) -> None:
         """Stop replicating a release feed and free its blocks."""
-        if self.release_core is None or self.release_core.key != key:
+        if self.release_core is None or self.release_core.key != key or self.feed_in_use(key):
             return
         self.release_core = None
         if self.on_cores_changed:

@@ -120,10 +120,16 @@ class Updater:
         """The install finished: None, or why it failed."""
         if self.target is None or self.state != "installing":
             return []
-        target = self.target
         if error is None:
             self.state = "installed"
             return self._publish()
+        return self.fail(error)
+
+    def fail(self, error: str) -> list[Effect]:
+        """The target cannot be fetched or installed: give it up for good."""
+        target = self.target
+        if target is None or self.state not in ("downloading", "installing"):
+            return []
         self.failed[target.version] = f"failed: {error}"
         self.target, self.state = None, "idle"
         return [Drop(target.key), *self._publish()]

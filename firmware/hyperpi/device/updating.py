@@ -19,6 +19,7 @@ overrides it, for tests), and removes release folders no longer needed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -121,7 +122,11 @@ class UpdateRunner:
             return
         self.updater.offer(release)
         self._do(self.updater.decide())
-        if self.updater.target is None and release.key not in self._cleared:
+        if (
+            self.updater.target is None
+            and release.key not in self._cleared
+            and not self.service.feed_in_use(release.key)
+        ):
             # Installed, failed or rolled back: its blocks (up to MAX_RELEASE_BYTES) are not needed.
             self._cleared.add(release.key)
             try:
@@ -137,9 +142,17 @@ class UpdateRunner:
     # -- effects --------------------------------------------------------------------------
     def _do(self, effects: list[Effect]) -> None:
         fetched = False
-        for effect in effects:
+        queue = collections.deque(effects)  # effects that follow from one go after the batch
+        while queue:
+            effect = queue.popleft()
             if isinstance(effect, Fetch):
-                core = self.service.fetch_release(effect.release.key)
+                try:
+                    core = self.service.fetch_release(effect.release.key)
+                except ValueError as e:
+                    log.error("update %s refused: %s", effect.release.version, e)
+                    self._record_failed(effect.release.version, str(e))
+                    queue.extend(self.updater.fail(str(e)))
+                    continue
                 log.info(
                     "update %s: fetching %d blocks (%d bytes) from the owner's release feed, %d held already",
                     effect.release.version,
@@ -178,12 +191,16 @@ class UpdateRunner:
         except (InstallError, OSError, KeyError, HypercoreError) as e:
             error = str(e) or type(e).__name__
             log.error("update %s failed: %s", release.version, error)
-            with contextlib.suppress(OSError):
-                self.releases.record_failed(release.version, f"failed: {error}")
+            self._record_failed(release.version, error)
         self._do(self.updater.on_installed(error))
         if error is None:
             self.exit_code = EXIT_UPDATED
             self.request_exit(EXIT_UPDATED)
+
+    def _record_failed(self, version: str, error: str) -> None:
+        """In failed.json: not tried again after a restart either."""
+        with contextlib.suppress(OSError):
+            self.releases.record_failed(version, f"failed: {error}")
 
     # -- the new version's confirmation ---------------------------------------------------
     async def confirm_later(self, stop: asyncio.Event) -> None:
