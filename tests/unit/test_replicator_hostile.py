@@ -11,6 +11,7 @@ buffers stay within their named limits under floods.
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -421,6 +422,47 @@ def test_requests_are_answered_a_batch_at_a_time_and_a_flood_ends_the_connection
     with pytest.raises(ReplicationError, match=f"over {MAX_REMOTE_REQUESTS} requests at once"):
         for frame in remote.mux.frames_to_send():
             rep.receive(frame)
+
+
+def test_requests_wait_encoded_so_a_peer_that_never_reads_costs_little_memory(tmp_path: Path) -> None:
+    """A flood of requests from a peer that reads nothing waits in the replicator: each one as
+    its ~10 encoded bytes in one object, not as decoded messages (four objects each), whose
+    freed memory would leave the heap fragmented after the peer left."""
+    writer = writer_core(tmp_path, 64)
+    rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])
+    remote = Remote(writer.key, writer.discovery_key)
+    remote.exchange(rep)
+    count = MAX_REMOTE_REQUESTS - 1
+    with remote.mux.batch():
+        for i in range(count):
+            remote.send(Request(i, ProofRequest(0, block=BlockRequest(i % 64, 0))))
+    frames = remote.mux.frames_to_send()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for frame in frames:
+            rep.receive(frame)
+        grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert rep.replies_pending
+    assert grown / count < 80, f"{grown / count:.0f} bytes per waiting request"
+    answered = [m for m in (remote.exchange(rep)) if isinstance(m, (Data, NoData))]
+    assert len(answered) == count  # decoded when answered, every one
+
+
+def test_a_malformed_request_closes_only_that_feeds_channel(tmp_path: Path) -> None:
+    writer = writer_core(tmp_path, 8)
+    rep = Replicator(False, HANDSHAKE_HASH, cores=[writer])
+    remote = Remote(writer.key, writer.discovery_key)
+    remote.exchange(rep)
+    remote.send(Request(1, ProofRequest(0, block=BlockRequest(0, 0))))
+    remote.send_raw(Request.TYPE, b"\xff\xff\xff")  # not a request
+    answers = remote.exchange(rep)
+    assert [m.request_id for m in answers if isinstance(m, Data)] == [1]  # the good one, answered
+    refused = [e for e in rep.take_events() if isinstance(e, FeedRefused)]
+    assert [e.core for e in refused] == [writer] and "malformed request" in refused[0].reason
+    assert writer.discovery_key not in rep._by_key
 
 
 def test_a_batch_frame_of_too_many_messages_is_refused_before_it_is_handled(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from hyperpi.hypercore import Core, ProofUnavailable, VerificationError
 from hyperpi.hypercore.errors import INVALID_REQUEST, NOT_AVAILABLE, CorruptStore
 from hyperpi.hypercore.types import BlockRequest, Proof, ProofRequest, UpgradeRequest
 
-from .errors import WireError
+from .errors import DecodeError, WireError
 from .messages import (
     PROTOCOL,
     Bitfield,
@@ -163,7 +163,7 @@ class _Peer:
     pending_nodes: dict[int, int] = field(default_factory=dict)
     # Block proofs that arrived before the proof delivering the node they hang from.
     parked: list[tuple[ProofRequest, Proof]] = field(default_factory=list)
-    requests: deque[Request] = field(default_factory=deque)  # the remote's, not answered yet
+    requests: deque[bytes] = field(default_factory=deque)  # the remote's, encoded, not answered yet
     cursor: int = 0  # blocks below this were held or requested
 
     def remote_has(self, index: int) -> bool:
@@ -331,11 +331,15 @@ class Replicator:
     # --- messages ------------------------------------------------------------------------
 
     def _on_message(self, peer: _Peer, type: int, payload: bytes) -> None:
+        if type == Request.TYPE:
+            # Parked undecoded, one bytes object each, and decoded when answered: a peer that asks
+            # and never reads then costs ~50 bytes a request, not four objects that leave the
+            # heap fragmented long after it left (tests/bench/bench_hostile.py, non-readers).
+            self._on_request(peer, bytes(payload))
+            return
         message = decode_message(type, payload)
         if isinstance(message, Sync):
             self._on_sync(peer, message)
-        elif isinstance(message, Request):
-            self._on_request(peer, message)
         elif isinstance(message, Data):
             self._on_data(peer, message)
         elif isinstance(message, NoData):
@@ -368,15 +372,20 @@ class Replicator:
         elif core.length == 0 and core.manifest is None and sync.has_manifest:
             self._request_manifest(peer)
 
-    def _on_request(self, peer: _Peer, message: Request) -> None:
+    def _on_request(self, peer: _Peer, payload: bytes) -> None:
         if len(peer.requests) >= MAX_REMOTE_REQUESTS:
             raise ReplicationError(
                 f"remote sent over {MAX_REMOTE_REQUESTS} requests at once for core {peer.core.key.hex()[:16]}..."
             )
-        peer.requests.append(message)
+        peer.requests.append(payload)
         self._waiting[peer] = None
 
-    def _answer(self, peer: _Peer, message: Request) -> None:
+    def _answer(self, peer: _Peer, payload: bytes) -> None:
+        try:
+            message = Request.decode(payload)
+        except DecodeError as error:
+            self._refuse(peer, f"remote sent a malformed request ({error})")
+            return
         req = message.proof_request
         try:
             proof = peer.core.proof(req)
