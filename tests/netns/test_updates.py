@@ -102,6 +102,13 @@ class Supervised:
                 raise AssertionError(f"{self.ns}: no line with {needles} in {timeout:.0f} s:\n" + "\n".join(self.lines))
             return found()  # type: ignore[return-value]
 
+    def wait_ready(self, count: int, timeout: float = 10) -> int:
+        """READY=1 datagrams seen, once there are `count` (or after `timeout`): the service logs
+        "ready in" right after sending one, so the datagram may still be on its way."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.ready >= count, timeout=timeout)
+            return self.ready
+
     def kill(self) -> None:
         """A power cut, for this process: SIGKILL (the supervisor starts it again)."""
         assert self.process is not None
@@ -200,7 +207,7 @@ def test_update_is_installed_and_a_broken_one_rolled_back(
             device.wait_for("ready in", "(hyperpi 0.2.0)", since=at)
             assert device.exits[-3:] == [42, 1, 1]  # installed, then two crashed starts
             assert sum(line.startswith("RuntimeError: this release is broken") for line in device.lines) == 2
-            assert device.ready == 3  # READY=1 through the launcher's exec: 0.1.0, 0.2.0, 0.2.0 again
+            assert device.wait_ready(3) == 3  # READY=1 through the launcher's exec: 0.1.0, 0.2.0, 0.2.0 again
         rows = status_rows(lan, home)
         assert rows == {
             name: "0.2.0 rolled back 0.3.0: not confirmed after 2 starts" for name in ("kitchen", "hallway")
