@@ -137,3 +137,25 @@ def test_publish_says_which_packages_a_device_lacks(tmp_path: Path, hyperpi_home
         capsys, "release", "publish", str(main), "--wheel", str(extra), "--no-wait", "--allow-downgrade"
     )
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize(
+    ("update", "shown"),
+    [
+        (None, "-"),
+        ({"version": "0.3.0", "state": "downloading", "progress": 42}, "downloading 0.3.0: 42%"),
+        ({"version": "0.3.0", "state": "installed"}, "installed 0.3.0"),
+        (
+            {"version": "0.3.0", "state": "failed", "reason": "not enough free space"},
+            "failed 0.3.0: not enough free space",
+        ),
+        ({"version": "0.3.0", "state": "rolled back", "reason": "not confirmed"}, "rolled back 0.3.0: not confirmed"),
+        ("junk", "-"),
+    ],
+)
+def test_status_lines(update: object, shown: str) -> None:
+    from hyperpi_host.release import describe
+
+    status = {"type": "status", "version": "0.2.0", **({"update": update} if update is not None else {})}
+    assert describe(status) == ("0.2.0", shown)
+    assert describe(None) == ("?", "no report yet")
