@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,7 +289,7 @@ def serve(
     release: Core | None,
     options: netrun.NetworkOptions,
     timeout: float,
-    done: object,
+    done: Callable[[], bool],
 ) -> bool:
     """Join the LAN with `cores` until `done()` or `timeout`; True if interrupted."""
     shared = CoreSet(store, cores)
@@ -312,7 +312,7 @@ def serve(
         unsubscribe = [w.feed.subscribe(lambda _e: changed.set()) for w in watches]
         deadline = time.monotonic() + timeout
         try:
-            while not stop.is_set() and not done():  # type: ignore[operator]
+            while not stop.is_set() and not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
