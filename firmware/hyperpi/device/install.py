@@ -197,6 +197,7 @@ def _install_into(
 ) -> None:
     folder = releases.path(name)
     step("venv")
+    log.info("update %s: making the environment %s", release.version, folder / VENV)
     venv = folder / VENV
     _run([python, "-m", "venv", "--system-site-packages", "--without-pip", venv], "making the environment")
     site_packages = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
@@ -206,12 +207,14 @@ def _install_into(
     (site_packages / "hyperpi-factory.pth").write_text("".join(f"{p}\n" for p in factory_site if p))
     step("pip")
     wheels = [folder / "bundle" / f.name for f in manifest.files]
+    log.info("update %s: installing %s", release.version, ", ".join(f.name for f in manifest.files))
     _run(
         [venv / "bin" / "python", "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed",
          "--no-cache-dir", "--disable-pip-version-check", "--no-warn-script-location", "--quiet", *wheels],
         "pip install",
     )  # fmt: skip
     step("check")
+    log.info("update %s: checking that the new hyperpi-device starts", release.version)
     said = _run([releases.executable(name), "--version"], "the new hyperpi-device --version").strip()
     if said != f"hyperpi-device {release.version}":
         raise InstallError(f"the new hyperpi-device says {said[:60]!r}, not version {release.version}")
@@ -220,6 +223,7 @@ def _install_into(
     step("mark")
     write_atomic(folder / MANIFEST, json.dumps({"version": release.version, "sha256": release.sha256}).encode())
     step("pending")
+    log.info("update %s: complete; switching to it, pending its confirmation", release.version)
     releases.set_pending(Pending(name, releases.current(), 0))
     step("switch")
     releases.set_current(name)
