@@ -96,20 +96,32 @@ def devicetree_modules(moddir: Path, compatibles: set[str]) -> set[str]:
 
 
 def closure(moddir: Path, wanted: set[str]) -> set[str]:
-    """Paths (relative to moddir) of the wanted modules and of everything they need."""
+    """Paths (relative to moddir) of the wanted modules and of everything they need: their
+    modules.dep entries and their soft dependencies (modules.softdep), which name a module or an
+    alias (ext4 wants `crypto-crc32c`, that is crc32c_generic: without it no ext4 mounts)."""
     by_name: dict[str, str] = {}
     deps: dict[str, list[str]] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
         path, _, rest = line.partition(":")
         by_name[module_name(path)] = path
         deps[path] = rest.split()
+    provides: dict[str, set[str]] = {}  # an exact alias -> the modules that provide it
+    alias_file = moddir / "modules.alias"
+    for line in alias_file.read_text().splitlines() if alias_file.exists() else []:
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "alias" and not any(c in fields[1] for c in "*?["):
+            provides.setdefault(fields[1].replace("-", "_"), set()).add(fields[2].replace("-", "_"))
     softdeps: dict[str, list[str]] = {}
     softdep_file = moddir / "modules.softdep"
-    if softdep_file.exists():
-        for line in softdep_file.read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 2 and fields[0] == "softdep":
-                softdeps[fields[1].replace("-", "_")] = [f for f in fields[2:] if not f.endswith(":")]
+    for line in softdep_file.read_text().splitlines() if softdep_file.exists() else []:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "softdep":
+            softdeps[fields[1].replace("-", "_")] = [f.replace("-", "_") for f in fields[2:] if not f.endswith(":")]
+
+    def soft(path: str) -> list[str]:
+        names = softdeps.get(module_name(path), [])
+        return [by_name[m] for n in names for m in sorted({n} | provides.get(n, set())) if m in by_name]
+
     todo = [by_name[n] for n in wanted if n in by_name]
     kept: set[str] = set()
     while todo:
@@ -117,10 +129,7 @@ def closure(moddir: Path, wanted: set[str]) -> set[str]:
         if path in kept:
             continue
         kept.add(path)
-        todo += deps.get(path, [])
-        todo += [
-            by_name[s.replace("-", "_")] for s in softdeps.get(module_name(path), []) if s.replace("-", "_") in by_name
-        ]
+        todo += deps.get(path, []) + soft(path)
     return kept
 
 
@@ -147,6 +156,8 @@ def slim_modules(root: Path) -> None:
         if in_initramfs:
             initramfs |= names
     kept = closure(moddir, wanted)
+    # The initramfs gets the closure too: initramfs-tools adds hard dependencies, not soft ones.
+    initramfs = {module_name(p) for p in closure(moddir, initramfs)}
     before = sum((moddir / p).stat().st_size for p in all_paths)
     for path in all_paths:
         if path not in kept:

@@ -44,7 +44,9 @@ def test_closure_follows_dependencies_and_softdeps(tmp_path: Path) -> None:
         "kernel/crypto/crc32c_generic.ko.xz:\n"
         "kernel/drivers/media/unrelated.ko.xz:\n"
     )
-    (tmp_path / "modules.softdep").write_text("softdep ext4 pre: crc32c_generic\n")
+    # ext4 names its checksum by an alias, which modules.alias resolves (missing it, nothing mounts).
+    (tmp_path / "modules.softdep").write_text("softdep ext4 pre: crypto-crc32c\n")
+    (tmp_path / "modules.alias").write_text("alias crypto-crc32c crc32c_generic\nalias crc32c crc32c_generic\n")
     assert slim.closure(tmp_path, {"ext4"}) == {
         "kernel/fs/ext4/ext4.ko.xz",
         "kernel/fs/jbd2/jbd2.ko.xz",
