@@ -9,7 +9,7 @@ in_root() { chroot "$root" "$@"; }
 
 # The service user: fixed uid/gid 900 (below the ids Debian's packages take dynamically from 999
 # down; 990 is systemd-resolve's on trixie) so `hyperpi provision` can own secret files without
-# reading the image's /etc/passwd. Keep in sync with SERVICE_UID in host/hyperpi_host/provision.py.
+# reading the image's /etc/passwd. Keep in sync with SERVICE_UID in host/hyperpi_host/provisioning.py.
 in_root groupadd --system --gid 900 hyperpi
 for g in gpio spi i2c; do in_root getent group "$g" >/dev/null || in_root groupadd --system "$g"; done
 in_root useradd --system --uid 900 --gid hyperpi --groups gpio,spi,i2c,video \

@@ -23,6 +23,8 @@ def test_every_kept_module_line_has_a_reason_and_parses() -> None:
     assert initramfs == {
         "drivers/mmc/host/bcm2835",
         "drivers/mmc/host/sdhci-iproc",
+        "drivers/regulator/fixed",
+        "drivers/regulator/gpio-regulator",
         "fs/ext4/ext4",
         "drivers/block/virtio_blk",
     }
