@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from hyperpi.durable import fsync_dir, write_atomic
 
 RELEASES_DIR = "releases"
 CURRENT = "current"
@@ -42,36 +43,6 @@ class Pending:
     version: str  # the release folder's name, <version>-<id>
     previous: str | None  # None: the factory version
     attempts: int  # starts of `version` so far, counted by the launcher
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` in one step and make the rename durable (the pattern of
-    hypercore/secret_files.py, without importing the core: the launcher stays small)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> object:

@@ -1,17 +1,17 @@
 """Files that hold secrets: written in one atomic step as 0600, read only while no one else may.
 
-The one implementation behind every key file of the project: a core's secret key
-(hypercore/storage.py), the device's Noise key (device/main.py), and the host's key files,
-exports and peer key (hyperpi_host/home.py).
+Writing is hyperpi/durable.py's `write_atomic` (0600 is its default mode). Behind every key file
+of the project: a core's secret key (hypercore/storage.py), the device's Noise key
+(device/main.py), and the host's key files, exports and peer key (hyperpi_host/home.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
+
+from hyperpi.durable import fsync_dir, write_atomic
 
 from .errors import StorageError
 
@@ -20,28 +20,11 @@ SECRET_MODE = 0o600
 # and reading it whole could be expensive, so stop early.
 MAX_SECRET_BYTES = 64 * 1024
 
+__all__ = ["MAX_SECRET_BYTES", "SECRET_MODE", "SecretFileError", "fsync_dir", "read_secret", "write_atomic"]
+
 
 class SecretFileError(StorageError):
     """A secret file that must not be used: readable by others, not a file, too large. One line."""
-
-
-def write_atomic(path: Path, data: bytes, mode: int = SECRET_MODE) -> None:
-    """Replace `path` with `data` in one step (a crash leaves the old or the new content), then
-    fsync its folder so the rename survives a power cut. The temporary file is created 0600,
-    so a secret is never readable by others, not even briefly; `mode` is set before the rename."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fchmod(tmp.fileno(), mode)
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_secret(path: Path, max_bytes: int = MAX_SECRET_BYTES) -> bytes:
@@ -68,18 +51,3 @@ def read_secret(path: Path, max_bytes: int = MAX_SECRET_BYTES) -> bytes:
     if len(data) > max_bytes:
         raise SecretFileError(f"{path} is too large to be a hyperpi secret (over {max_bytes} bytes)")
     return data
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in folder `path` durable; a filesystem that cannot open or sync
-    a folder (some FUSE ones) is left as it is."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
