@@ -15,7 +15,6 @@ from its own feed (hyperpi/device/update.py): the version it runs and how its up
 from __future__ import annotations
 
 import argparse
-import asyncio
 import email.message
 import email.parser
 import json
@@ -24,9 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +33,9 @@ from hyperpi.device.bundle import MAX_RELEASE_BYTES, make_bundle, parse_version
 from hyperpi.device.control import ControlEntry, Release, parse_entry
 from hyperpi.device.update import newer
 from hyperpi.hypercore import Core, HypercoreError, Store, generate_keypair, z32_encode
-from hyperpi.net.replication import CoreSet, replicate
 from hyperpi.net.stream import EncryptedConnection
 
-from . import home, keys, netrun
+from . import keys, netrun
 from .cli import UserError, command_group
 from .devices import Device, list_devices, load_device
 
@@ -291,43 +288,17 @@ def serve(
     timeout: float,
     done: Callable[[], bool],
 ) -> bool:
-    """Join the LAN with `cores` until `done()` or `timeout`; True if interrupted."""
-    shared = CoreSet(store, cores)
-    changed = asyncio.Event()
+    """Join the LAN with `cores` until `done()` or `timeout`; True if interrupted. Each watched
+    device's hold on `release` is tracked from what its connection says it holds."""
 
     def on_progress(conn: EncryptedConnection, core: Core, length: int) -> None:
         for w in watches:
             if release is not None and core is release and w.device.noise_key in (None, conn.remote_public_key):
                 w.held = max(w.held, length)
-        changed.set()
 
-    def on_connection(conn: EncryptedConnection) -> Awaitable[None]:
-        return replicate(conn, shared, on_progress=lambda core, length: on_progress(conn, core, length))
-
-    async def main(stop: asyncio.Event) -> bool:
-        swarm = await netrun.start_swarm(
-            options, netrun.noise_keypair(home.hyperpi_home()), [c.discovery_key for c in cores], on_connection,
-            name="hyperpi-host",
-        )  # fmt: skip
-        unsubscribe = [w.feed.subscribe(lambda _e: changed.set()) for w in watches]
-        deadline = time.monotonic() + timeout
-        try:
-            while not stop.is_set() and not done():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                changed.clear()
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=min(TICK, left))
-                except TimeoutError:
-                    pass
-        finally:
-            for u in unsubscribe:
-                u()
-            await swarm.stop()
-        return stop.is_set()
-
-    return netrun.run_until_stopped(main)
+    return netrun.serve_until(
+        options, store, cores, done, timeout, on_progress=on_progress, wake_on=[w.feed for w in watches]
+    )
 
 
 def _watches(store: Store, devices: list[Device]) -> list[Watch]:
