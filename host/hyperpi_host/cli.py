@@ -71,6 +71,13 @@ def command_group(subparsers: argparse._SubParsersAction, name: str, **texts: st
     return parser.add_subparsers(dest=f"{name}_command", metavar="ACTION")
 
 
+def timeout_within(seconds: float, limit: float) -> float:
+    """A `--timeout` value checked against its command's limit (one line if it is outside)."""
+    if not 0 <= seconds <= limit:
+        raise UserError(f"--timeout must be between 0 and {limit:g} seconds, got {seconds:g}")
+    return seconds
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its mistakes in one line (usage stays in --help)."""
 

@@ -27,7 +27,7 @@ from hyperpi.net.stream import EncryptedConnection
 from hyperpi.net.swarm import Swarm
 
 from . import keys, netrun, resolve
-from .cli import UserError, command_group
+from .cli import UserError, command_group, timeout_within
 from .devices import Device, list_devices, load_device
 from .pairing import (
     PairingError,
@@ -254,12 +254,6 @@ def _wait_arguments(parser: argparse.ArgumentParser) -> None:
     netrun.add_network_arguments(parser, default_listen="any free port")
 
 
-def _check_timeout(args: argparse.Namespace) -> float:
-    if not 0 <= args.timeout <= MAX_TIMEOUT:
-        raise UserError(f"--timeout must be between 0 and {MAX_TIMEOUT:g} seconds, got {args.timeout:g}")
-    return args.timeout
-
-
 def cmd_add(args: argparse.Namespace) -> int:
     device = load_device(args.device)
     found = resolve.feed(args.key, "KEY")
@@ -270,7 +264,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         if found.name is None:
             raise UserError("give --name NAME: the name the device shows for this feed's messages")
         args.name = found.name
-    timeout = _check_timeout(args)
+    timeout = timeout_within(args.timeout, MAX_TIMEOUT)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
     with _pairing_errors():
@@ -299,7 +293,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     device = load_device(args.device)
     found = resolve.feed(args.key, "KEY")
     key = found.key
-    timeout = _check_timeout(args)
+    timeout = timeout_within(args.timeout, MAX_TIMEOUT)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = owner_of(device, args.owner)
     resolve.say("KEY", found)
@@ -347,7 +341,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    timeout = _check_timeout(args)
+    timeout = timeout_within(args.timeout, MAX_TIMEOUT)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     if args.owner is not None and keys.load_identity(keys.check_name(args.owner)).control_feed_key is None:
         raise UserError(f"--owner {args.owner!r} is not an owner identity (see `hyperpi keys list`)")

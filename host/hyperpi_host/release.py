@@ -36,7 +36,7 @@ from hyperpi.hypercore import Core, HypercoreError, Store, generate_keypair, z32
 from hyperpi.net.stream import EncryptedConnection
 
 from . import keys, netrun
-from .cli import UserError, command_group
+from .cli import UserError, command_group, timeout_within
 from .devices import Device, list_devices, load_device
 
 DEFAULT_WAIT = 600.0  # s `publish` serves the release: a Pi on Wi-Fi fetches a few MiB in seconds
@@ -379,14 +379,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
 
-def _check_timeout(value: float) -> float:
-    if not 0 <= value <= MAX_WAIT:
-        raise UserError(f"--timeout must be between 0 and {MAX_WAIT:g} seconds, got {value:g}")
-    return value
-
-
 def cmd_publish(args: argparse.Namespace) -> int:
-    timeout = 0.0 if args.no_wait else _check_timeout(args.timeout)
+    timeout = 0.0 if args.no_wait else timeout_within(args.timeout, MAX_WAIT)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = pick_owner(args.owner)
     devices = pick_devices(owner, args.device)
@@ -468,7 +462,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    timeout = _check_timeout(args.timeout)
+    timeout = timeout_within(args.timeout, MAX_WAIT)
     options = netrun.NetworkOptions.from_args(args, default_port=0)
     owner = pick_owner(args.owner)
     devices = owner_devices(owner)
