@@ -6,6 +6,7 @@ Reports the booted system on the console as `hyperpi-boot-check: NAME {json}` li
   nodes      device nodes to report (group, mode)
   wait_s     how long to wait for the service (and the host's marker) at most
   marker     wait until this text shows in the service's log (the host is done chatting)
+  marker_re  the same with a regular expression
   ntp        wait until systemd-timesyncd has synced (the host answers NTP at 10.0.2.2)
   checks     [{"board": NAME, "restart": bool}, ...]: for each, stop the service, set the board in
              the settings, run `hyperpi-device --check` as the service user, and with "restart"
@@ -211,6 +212,8 @@ def main():
     )
     if PLAN.get("marker"):
         wait("the host's marker", lambda: PLAN["marker"] in service_log(), WAIT_S)
+    if PLAN.get("marker_re"):
+        wait("the host's marker", lambda: re.search(PLAN["marker_re"], service_log()) is not None, WAIT_S)
     if PLAN.get("ntp"):
         wait("NTP sync", lambda: os.path.exists("/run/systemd/timesync/synchronized"), 300)
     report("facts", facts())

@@ -21,7 +21,11 @@ and root (the host answers the guest's NTP on port 123). Collected only when HYP
    `system_powerdown` pulses the PL061 line, a real edge through the kernel's GPIO character
    device, lgpio, gpiozero and the service, which appends its first preset; the host's `hyperpi
    chat view` receives it.
-4. The power-cut model on the emulated Pi 3: appends through the service's store, QEMU killed
+4. An update over the LAN on the emulated Pi 3: the owner's host publishes a new version (a wheel
+   of this checkout with a bumped version); the device downloads it through its control feed,
+   installs it beside the factory version, restarts through `hyperpi-launch`, reports it
+   running and confirms it.
+5. The power-cut model on the emulated Pi 3: appends through the service's store, QEMU killed
    mid-append, the same card booted again: no acknowledged append lost, the store audits clean.
 """
 
@@ -314,3 +318,44 @@ def test_power_cut_mid_append_loses_no_acknowledged_append(built_image: Path, tm
     assert survived["audit"] == "ok" and survived["writable"] is True, survived
     assert survived["length"] >= max(acked), "an acknowledged append was lost"
     assert survived["unsynced_lines"] < max(acked), "the cut lost nothing unsynced: it was no power cut"
+
+
+@pytest.mark.timeout(BOOT_TIMEOUT_S + 6 * CHAT_TIMEOUT_S)
+def test_update_over_the_lan_on_the_emulated_pi(built_image: Path, tmp_path: Path, home: Path) -> None:
+    from tests.release_wheels import build_wheel
+
+    made = hyperpi("keys", "new", "--owner", "ana")
+    assert made.returncode == 0, made.stderr
+    wheel = build_wheel(tmp_path / "wheels", "0.2.0")
+    card = tmp_path / "update.img"
+    record = provision(built_image, card, "qemu-pi", "headless", "--owner", "ana")
+    confirmed = r"update to 0\.2\.0-\S+ confirmed"
+    plan = {"wait_s": BOOT_TIMEOUT_S, "marker_re": confirmed}  # then the guest check powers off
+    pi = qemu_boot.Machine(card, workdir(tmp_path, "update"), PORT, plan=plan)
+    pi.start()
+    try:
+        peer = ready_and_online(pi, record["feed_key"], tmp_path / "view")
+        published = hyperpi(
+            "release", "publish", str(wheel), "--owner", "ana", "--device", "qemu-pi", "--peer", peer,
+            *LOOPBACK_ONLY, "--timeout", str(3 * CHAT_TIMEOUT_S), timeout=4 * CHAT_TIMEOUT_S,
+        )  # fmt: skip
+        assert published.returncode == 0, published.stdout + published.stderr
+        assert "qemu-pi has downloaded 0.2.0" in published.stdout, published.stdout
+        pi.wait_for(r"hyperpi-launch: starting 0\.2\.0-", 3 * CHAT_TIMEOUT_S)
+        pi.wait_for(r"ready in \d+ ms \(hyperpi 0\.2\.0\)", 3 * CHAT_TIMEOUT_S)
+        rows = ""
+        for _ in range(5):  # the new version's status block reaches the host over the same port
+            status = hyperpi("release", "status", "--owner", "ana", "--peer", peer, *LOOPBACK_ONLY, "--timeout", "30")
+            assert status.returncode == 0, status.stderr
+            rows = status.stdout
+            if re.search(r"^qemu-pi\s+0\.2\.0\s+running\s+0\.2\.0", rows, re.MULTILINE):
+                break
+        pi.wait_for(confirmed, 2 * CHAT_TIMEOUT_S)
+        pi.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "done", CHAT_TIMEOUT_S)
+        facts = pi.report("facts")
+    finally:
+        pi.stop()
+    assert re.search(r"^qemu-pi\s+0\.2\.0\s+running\s+0\.2\.0", rows, re.MULTILINE), rows
+    log = "\n".join(facts["service_log"])
+    assert "(hyperpi 0.2.0)" in log and "Traceback" not in log, log
+    assert facts["units"]["hyperpi-device"] == "active"
