@@ -180,6 +180,29 @@ def powercut():
         report("powercut", {"audit": f"auditor failed: {done.stderr[-1000:]}"})
 
 
+def updates():
+    """Unattended security updates are on, and a kernel upgrade keeps the Pi's boot settings:
+    runs raspi-firmware's kernel hook (what a new kernel package runs), which rewrites
+    config.txt and cmdline.txt on the FAT from /etc/default/raspi-firmware*."""
+    periodic = dict(re.findall(r'^APT::Periodic::(\S+) "([^"]*)";$', sh("apt-config", "dump").stdout, re.MULTILINE))
+    out = {
+        "periodic": periodic,
+        "timers": {
+            t: sh("systemctl", "is-enabled", t).stdout.strip() for t in ("apt-daily.timer", "apt-daily-upgrade.timer")
+        },
+        "unattended_upgrade": os.path.exists("/usr/bin/unattended-upgrade"),
+    }
+    hooks = sorted(glob.glob("/etc/kernel/postinst.d/*raspi-firmware*"))
+    out["hooks"] = hooks
+    for hook in hooks:
+        done = sh(hook, os.uname().release)
+        out["hook_exit"] = done.returncode
+        out["hook_output"] = (done.stdout + done.stderr)[-1000:]
+    out["config_txt"] = read("/boot/firmware/config.txt")
+    out["cmdline_txt"] = read("/boot/firmware/cmdline.txt")
+    return out
+
+
 def set_board(board):
     text = read(SETTINGS)
     with open(SETTINGS, "w") as f:
@@ -219,6 +242,8 @@ def main():
     report("facts", facts())
     checks = [run_check(c["board"], c.get("restart", False)) for c in PLAN.get("checks", [])]
     report("checks", checks)
+    if PLAN.get("updates"):
+        report("updates", updates())
     report("done", {})
 
 

@@ -14,7 +14,9 @@ and root (the host answers the guest's NTP on port 123). Collected only when HYP
    - `hyperpi-device --check` as the service user passes for the Display HAT Mini, then for the
      OLED Bonnet, whose service then sends its frames over I2C to the OLED model;
    - hardening: secrets 0600 owned by the service user, none on the FAT partition, SSH host
-     keys, root grown, journal in RAM, no password.
+     keys, root grown, journal in RAM, no password;
+   - unattended security updates on, and raspi-firmware's kernel hook (run as a kernel upgrade
+     runs it) keeps the overlay, kernel and root settings in config.txt and cmdline.txt.
 2. A second copy booted with the stock DTB (no overlay): its own SSH host keys, and `--check`
    fails with the spidev line that names the overlay.
 3. QEMU `virt` with the image's kernel and root, settings `board = "qemu-virt-test"`: QMP
@@ -173,6 +175,7 @@ def test_pi3_hardware_chat_and_hardening(
         "marker": marker,
         "ntp": True,
         "checks": [{"board": "display-hat-mini"}, {"board": "oled-bonnet", "restart": True}],
+        "updates": True,
     }
 
     pi = qemu_boot.Machine(card, workdir(tmp_path, "boot1"), PORT, plan=plan, oled=True)
@@ -189,7 +192,7 @@ def test_pi3_hardware_chat_and_hardening(
             writer.terminate()
             writer.wait(60)
         pi.wait_for(re.escape(qemu_boot.CHECK_PREFIX) + "done", 3 * CHAT_TIMEOUT_S)
-        facts, checks = pi.report("facts"), pi.report("checks")
+        facts, checks, updates = pi.report("facts"), pi.report("checks"), pi.report("updates")
         pi.wait_for(re.escape(qemu_boot.POWER_DOWN), CHAT_TIMEOUT_S)
     finally:
         pi.stop()
@@ -238,6 +241,15 @@ def test_pi3_hardware_chat_and_hardening(
         line for line in facts["kernel_bus_errors"] if re.search(r"timed out|transfer failed|failed to transfer", line)
     ]
     assert failed == [], facts["kernel_bus_errors"]
+
+    # Debian's security updates install by themselves; a kernel upgrade's raspi-firmware hook
+    # rewrites config.txt and cmdline.txt and keeps the board's settings in them.
+    assert updates["periodic"].get("Unattended-Upgrade") == "1" and updates["unattended_upgrade"], updates
+    assert updates["timers"] == {"apt-daily.timer": "enabled", "apt-daily-upgrade.timer": "enabled"}, updates
+    assert updates["hooks"] and updates["hook_exit"] == 0, updates
+    assert re.search(r"^dtoverlay=hyperpi$", updates["config_txt"], re.MULTILINE), updates["config_txt"]
+    assert re.search(r"^kernel=vmlinuz-\S+$", updates["config_txt"], re.MULTILINE), updates["config_txt"]
+    assert "root=PARTUUID=68797069-02" in updates["cmdline_txt"], updates["cmdline_txt"]
 
     # A second copy of the same card on a Pi whose firmware did not apply the overlay.
     second = qemu_boot.Machine(
