@@ -82,6 +82,10 @@ BUTTON_PINS = (4, 5, 6, 16, 17, 22, 23, 24, 27)
 # sending thread with no interrupt and no timeout, through the same controller registers.
 SPI_BY_POLLING = "spi_bcm2835.polling_limit_us=1000000"
 
+# Room the emulated card has past the image, as a real card does: the first boot grows the root
+# into it (the boot test checks it grew by more than ROOT_FREE_MIB of image/build.sh).
+CARD_ROOM = 512 << 20
+
 # Device nodes the guest check reports: the buses and pins the HATs use.
 GUEST_NODES = ("/dev/spidev0.0", "/dev/spidev0.1", "/dev/i2c-1", "/dev/gpiochip0")
 GUEST_DIR = "/usr/local/lib/hyperpi-boot-check"  # only in the harness's copy
@@ -179,7 +183,7 @@ class Machine:
     def prepare(self) -> list[str]:
         subprocess.run(["cp", "--sparse=always", str(self.image), str(self.disk)], check=True)
         with open(self.disk, "r+b") as f:  # QEMU's SD card model wants a power-of-two size
-            f.truncate(next_power_of_two(self.disk.stat().st_size))
+            f.truncate(next_power_of_two(self.disk.stat().st_size + CARD_ROOM))
         boot, root = boot_and_root(self.disk)
         config = (fatfs.read_file(self.disk, boot, "/config.txt") or b"").decode()
         kernel = re.search(r"^kernel=(\S+)", config, re.MULTILINE)
