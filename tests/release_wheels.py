@@ -11,12 +11,11 @@ back).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from hyperpi_host.release import PROJECT_FILES
+from hyperpi_host.release import copy_checkout
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = '    raise RuntimeError("this release is broken on purpose")\n'
@@ -24,14 +23,7 @@ BROKEN = '    raise RuntimeError("this release is broken on purpose")\n'
 
 def build_wheel(folder: Path, version: str, *, broken: bool = False) -> Path:
     source = folder / f"source-{version}"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    source.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=ignore)
-        else:
-            shutil.copy2(path, source / name)
+    copy_checkout(ROOT, source)
     _replace(source / "pyproject.toml", r'(?m)^version = "[^"]+"$', f'version = "{version}"')
     _replace(source / "firmware/hyperpi/__init__.py", r'(?m)^__version__ = "[^"]+"$', f'__version__ = "{version}"')
     if broken:

@@ -52,6 +52,19 @@ PROJECT_FILES = ("pyproject.toml", "README.md", "firmware", "host")  # what `pip
 # --- the bundle ------------------------------------------------------------------------------
 
 
+def copy_checkout(root: Path, source: Path) -> None:
+    """Copy what `pip wheel` of a checkout reads (PROJECT_FILES) into a new folder `source`:
+    setuptools writes build/ beside the sources, which must not happen in the checkout."""
+    source.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in PROJECT_FILES:
+        path = root / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=ignore)
+        else:
+            shutil.copy2(path, source / name)
+
+
 def checkout_root() -> Path | None:
     """The source checkout this command runs from, if it runs from one."""
     root = Path(__file__).resolve().parents[2]
@@ -65,14 +78,7 @@ def build_wheel(folder: Path) -> Path:
     if root is None:
         raise UserError("not running from a hyperpi checkout: give the wheel to publish (BUNDLE)")
     source = folder / "source"
-    source.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in PROJECT_FILES:
-        path = root / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=ignore)
-        else:
-            shutil.copy2(path, source / name)
+    copy_checkout(root, source)
     print(f"building the wheel of {root} ...", file=sys.stderr, flush=True)
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(folder), str(source)],
