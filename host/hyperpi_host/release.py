@@ -28,10 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperpi import blockjson
 from hyperpi.device.bundle import MAX_RELEASE_BYTES, make_bundle, parse_version
 from hyperpi.device.control import ControlEntry, Release, parse_entry
-from hyperpi.device.update import newer
+from hyperpi.device.update import latest_status, newer
 from hyperpi.hypercore import Core, HypercoreError, Store, generate_keypair, z32_encode
 from hyperpi.net.stream import EncryptedConnection
 
@@ -43,7 +42,6 @@ DEFAULT_WAIT = 600.0  # s `publish` serves the release: a Pi on Wi-Fi fetches a 
 DEFAULT_STATUS_WAIT = 5.0  # s `status` listens: devices on the LAN connect within a few seconds
 MAX_WAIT = 3600.0
 EXIT_NOT_DELIVERED = 3  # as `hyperpi pair`: published, some devices not reached yet
-STATUS_SCAN_BLOCKS = 256  # how far back a device's feed is searched for its latest status
 TICK = 0.5
 REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 PROJECT_FILES = ("pyproject.toml", "README.md", "firmware", "host")  # what `pip wheel` of a checkout reads
@@ -238,19 +236,6 @@ def release_entry(release: Release, devices: list[Device] | None) -> bytes:
 
 
 # --- device reports ------------------------------------------------------------------------------
-
-
-def latest_status(core: Core) -> dict | None:
-    """The newest status block of a device's feed held here."""
-    end = core.contiguous_length
-    for index in range(end - 1, max(-1, end - 1 - STATUS_SCAN_BLOCKS), -1):
-        try:
-            value = blockjson.decode(core.get(index))
-        except (ValueError, KeyError, HypercoreError):
-            continue
-        if isinstance(value, dict) and value.get("type") == "status":
-            return value
-    return None
 
 
 def latest_status_here(device: Device) -> dict | None:

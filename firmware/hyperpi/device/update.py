@@ -24,11 +24,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hyperpi import blockjson
+from hyperpi.hypercore import Core, HypercoreError
+
 from .bundle import parse_version
 from .control import Release
 
 PROGRESS_STEP = 20  # percent between published download statuses: a few blocks per release
+STATUS_SCAN_BLOCKS = 256  # how far back a device's feed is searched for its latest status block
 ROLLED_BACK = "rolled back: "  # the prefix of the launcher's reasons in failed.json (device/launch.py)
+
+
+def latest_status(feed: Core) -> dict[str, Any] | None:
+    """The newest status block in the last STATUS_SCAN_BLOCKS of a device's feed: what the
+    device publishes next is compared with it, and `hyperpi release status` shows it."""
+    end = feed.contiguous_length
+    for index in range(end - 1, max(-1, end - 1 - STATUS_SCAN_BLOCKS), -1):
+        try:
+            value = blockjson.decode(feed.get(index))
+        except (ValueError, KeyError, HypercoreError):
+            continue
+        if isinstance(value, dict) and value.get("type") == "status":
+            return value
+    return None
 
 
 @dataclass(frozen=True)

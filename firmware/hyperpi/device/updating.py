@@ -29,15 +29,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hyperpi import blockjson
-from hyperpi.hypercore import Core, HypercoreError
+from hyperpi.hypercore import HypercoreError
 
 from .control import Release
 from .install import EXIT_UPDATED, InstallError, finish, prepare, prune
 from .launch import FACTORY_SITE_ENV, LAUNCHED_ENV
 from .releases import Releases
 from .service import DeviceService
-from .update import Drop, Effect, Fetch, Install, Publish, Updater
+from .update import Drop, Effect, Fetch, Install, Publish, Updater, latest_status
 
 log = logging.getLogger("hyperpi.device")
 
@@ -45,7 +44,6 @@ log = logging.getLogger("hyperpi.device")
 # (WatchdogSec=30 in the unit) would have restarted a hung loop by then.
 HEALTHY_SECONDS = 60.0
 HEALTHY_ENV = "HYPERPI_HEALTHY_SECONDS"
-STATUS_SCAN_BLOCKS = 256  # how far back the own feed is searched for the last status block
 
 
 def healthy_seconds() -> float:
@@ -74,18 +72,6 @@ def visible_packages() -> tuple[str, ...]:
     return tuple(sorted(found)[:MAX_PACKAGES])
 
 
-def last_status(own: Core) -> dict | None:
-    """The newest status block of the own feed (to publish only what changed since)."""
-    for index in range(own.contiguous_length - 1, max(-1, own.contiguous_length - 1 - STATUS_SCAN_BLOCKS), -1):
-        try:
-            value = blockjson.decode(own.get(index))
-        except (ValueError, KeyError, HypercoreError):
-            continue
-        if isinstance(value, dict) and value.get("type") == "status":
-            return value
-    return None
-
-
 class UpdateRunner:
     def __init__(
         self,
@@ -101,7 +87,7 @@ class UpdateRunner:
         self.enabled = os.environ.get(LAUNCHED_ENV) == "1" if enabled is None else enabled
         self.request_exit = request_exit
         packages = visible_packages() if self.enabled else ()
-        self.updater = Updater(running, self.releases.failed(), last_status(service.own), packages)
+        self.updater = Updater(running, self.releases.failed(), latest_status(service.own), packages)
         self._unsubscribe: Callable[[], None] | None = None
         self._install: asyncio.Task[None] | None = None
         self._said_disabled = False
