@@ -46,10 +46,8 @@ INITRAMFS_MODULES = "etc/initramfs-tools/modules"
 # (dpkg path-exclude in image/build.sh), so kernel upgrades do not bring them back.
 REMOVE = (
     ("var/lib/apt/lists/*", "apt's package indices: `apt update` fetches them again (~60 MB)"),
-    ("var/cache/apt/*.bin", "apt's caches, rebuilt on the next apt run"),
     ("var/cache/debconf/*-old", "debconf's backups of its own database"),
     ("var/log/*.log", "the build's own logs (dpkg, alternatives): not the card's"),
-    ("boot/System.map-*", "kernel symbol maps: read only when debugging the kernel"),
 )
 
 
