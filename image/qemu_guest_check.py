@@ -201,9 +201,9 @@ def updates():
 
 def kept_modules():
     """Every module the image kept (image/slim.py) loads on this kernel: none lacks what it needs.
-    Run last, with the service stopped: loading ~150 modules patches kernel text with all CPUs
-    stopped, which on 4 emulated cores sharing 2 real ones stalls an SPI frame past the kernel's
-    transfer timeout (seen in CI). That stall is the emulator's; the frames are checked before."""
+    Run last, with the service stopped: in CI, loading ~150 modules beside the running service
+    (minutes of CPU for 4 emulated cores on 2 real ones) stalled two SPI frames past the kernel's
+    transfer timeout. That stall is the emulator's; the service's frames are checked before."""
     sh("systemctl", "stop", "hyperpi-device")
     kept = read(KEPT_MODULES).split() if os.path.exists(KEPT_MODULES) else []
     failed = {name: done.stderr.strip()[-300:] for name in kept if (done := sh("modprobe", name)).returncode != 0}
