@@ -27,7 +27,8 @@
 # into that root while packages install, but the image itself is never mounted),
 # mmdebstrap, device-tree-compiler (dtc, fdtoverlay), qemu-user-static with binfmt_misc (to run arm64 maintainer scripts on this host;
 # the script registers qemu-aarch64 itself when binfmt_misc is available), fdisk (sfdisk),
-# dosfstools, mtools, e2fsprogs, zstd, xz-utils, bmap-tools, and network access to the Debian mirror
+# dosfstools, mtools, e2fsprogs, zstd, xz-utils, bmap-tools, gcc-aarch64-linux-gnu (lgpio's wheel:
+# image/hooks/lgpio_wheel.py), and network access to the Debian mirror
 # and PyPI. image/deps.sh installs the Debian packages (`make image` runs it).
 set -euo pipefail
 
@@ -64,10 +65,10 @@ preflight() {
     case $COMPRESS in zst | xz) ;; *) die "HYPERPI_COMPRESS=$COMPRESS: use zst (a local build) or xz (a release)" ;; esac
     [ "$(id -u)" -eq 0 ] || die "run as root: dpkg inside the new root must set file owners (the image is never mounted)"
     local missing=()
-    for tool in mmdebstrap dtc fdtoverlay fdtget sfdisk mkfs.vfat mcopy mmd mke2fs zstd xz bmaptool sha256sum qemu-aarch64-static; do
+    for tool in mmdebstrap dtc fdtoverlay fdtget sfdisk mkfs.vfat mcopy mmd mke2fs zstd xz bmaptool sha256sum qemu-aarch64-static aarch64-linux-gnu-gcc; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
-    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]}; on Debian: apt-get install mmdebstrap device-tree-compiler qemu-user-static fdisk dosfstools mtools e2fsprogs zstd xz-utils bmap-tools"
+    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]}; on Debian: apt-get install mmdebstrap device-tree-compiler qemu-user-static fdisk dosfstools mtools e2fsprogs zstd xz-utils bmap-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
     setup_binfmt
 }
 
@@ -164,7 +165,7 @@ install_hyperpi() {
     local clean_env=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root LANG=C.UTF-8
                      "PIP_CERT=$ca" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 PIP_NO_CACHE_DIR=1)
     chroot "$rootfs" "${clean_env[@]}" python3 -m venv --system-site-packages "$VENV"
-    # --find-links: the lgpio wheel built with the Debian layer (hooks/lgpio-wheel.sh). The `device`
+    # --find-links: the lgpio wheel built with the Debian layer (hooks/lgpio_wheel.py). The `device`
     # extra only: the host tool's QR reader and zstd support stay off the card (pyproject.toml).
     chroot "$rootfs" "${clean_env[@]}" "$VENV/bin/pip" install --quiet --find-links /opt/hyperpi/wheels \
         "/tmp/$(basename "$wheel")[device]"

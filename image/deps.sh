@@ -2,12 +2,12 @@
 # Installs the Debian packages `make image` and `make image-test` need (nothing if all are there):
 # mmdebstrap and qemu-user-static build the arm64 root, device-tree-compiler builds and checks the
 # board overlay, fdisk/dosfstools/mtools/e2fsprogs assemble the card without mounts, zstd, xz-utils
-# and bmap-tools publish it, and qemu-system-arm 10 boots it: its raspi3b emulates the SPI and I2C
+# and bmap-tools publish it, gcc-aarch64-linux-gnu builds lgpio's wheel, and qemu-system-arm 10 boots it: its raspi3b emulates the SPI and I2C
 # controllers (7.2, bookworm's own, does not), so on a bookworm host it comes from backports.
 set -euo pipefail
 here=$(dirname "$0")
 "$here/../tests/system-deps.sh" mmdebstrap qemu-user-static arch-test fdisk dosfstools mtools e2fsprogs \
-    zstd xz-utils bmap-tools device-tree-compiler
+    zstd xz-utils bmap-tools device-tree-compiler gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 qemu_major() { qemu-system-aarch64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p'; }
 if [ "$(qemu_major)" = "" ] || [ "$(qemu_major)" -lt 10 ]; then
     . /etc/os-release

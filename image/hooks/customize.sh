@@ -36,9 +36,13 @@ in_root systemctl enable --quiet systemd-networkd.service systemd-resolved.servi
 rm -f "$root/var/lib/dbus/machine-id"
 
 # lgpio, gpiozero's pin backend on Debian's kernel (GPIO character device): PyPI has no wheel for
-# Debian 13's Python 3.13 on arm64, so build one from the pinned sdist, statically linked (PYPI=1),
-# with build tools installed for that step only. Stage 2 installs it from /opt/hyperpi/wheels.
-"$here/lgpio-wheel.sh" "$root"
+# Debian 13's Python 3.13 on arm64, so build one from the pinned sdist with this host's cross
+# compiler (not under emulation). Stage 2 installs it from /opt/hyperpi/wheels.
+python3 "$here/lgpio_wheel.py" "$root"
+
+# depmod back (see essential.sh): slim.py runs this host's depmod, and kernel upgrades need it.
+rm -f "$root/usr/sbin/depmod"
+in_root dpkg-divert --quiet --local --rename --remove /usr/sbin/depmod
 
 # Down to what the supported boards use: kernel modules (image/kernel-modules.txt), Wi-Fi
 # firmware (image/wifi-firmware.txt), caches. It also writes the initramfs's module list.
