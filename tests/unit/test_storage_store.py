@@ -151,6 +151,24 @@ def test_transaction_groups_appends_and_events_follow_commit(tmp_path):
     store.close()
 
 
+def test_a_read_batch_takes_no_write_lock_and_keeps_what_it_repairs(tmp_path):
+    """Answers to a peer are read in one `transaction(write=False)`: another connection can
+    still write meanwhile, and a damaged block found by those reads stays dropped after it."""
+    store, core = writer(tmp_path, 4)
+    store.db.execute("UPDATE blocks SET value=? WHERE idx=2", (b"rotten",))
+    other = sqlite3.connect(tmp_path / "cores.db", isolation_level=None, timeout=0)
+    with store.transaction(write=False):
+        assert core.get(1) == chat(1)
+        other.execute("BEGIN IMMEDIATE")  # would fail at once if the batch held the write lock
+        other.execute("ROLLBACK")
+        with pytest.raises(CorruptStore, match="damaged"):
+            core.get(2)
+    other.close()
+    assert store.db.execute("SELECT COUNT(*) FROM blocks WHERE idx=2").fetchone() == (0,)
+    assert not core.has(2) and core.get(3) == chat(3)
+    store.close()
+
+
 def test_proof_unavailable_reasons(tmp_path):
     store, core = writer(tmp_path, 4)
     with store:

@@ -138,7 +138,8 @@ class _Session:
         async with self._send_lock:
             while True:
                 self._dispatch_events()
-                frames = self.replicator.frames_to_send()
+                with self.cores.store.transaction(write=False):  # the answers' reads, in one go
+                    frames = self.replicator.frames_to_send()
                 if frames and not self.conn.closed:
                     await self.conn.send_many(frames)  # waits while the peer is not reading
                 if not self.replicator.replies_pending or self.conn.closed:
