@@ -10,6 +10,8 @@ CPU seconds per 1,000 blocks are measured for each side: the writer's from its
 /proc/<pid>/stat (user + system, all threads) just before the reader starts and just after
 it ends, so the fill is not counted; the reader's from os.wait4 on the whole process (its
 start-up included). They do not depend on how busy the machine is, as wall-clock ratios do.
+A Node reader also reports its RocksDB operations per block: they are the same whichever
+writer serves it, and they are most of its CPU, which bounds Python->Node (see the README).
 
     HYPERPI_BENCH_SYNC_BLOCKS=20000 HYPERPI_BENCH_SYNC_ROUNDS=1 \
     HYPERPI_BENCH_SYNC_PAIRS=python-python python -m tests.bench sync   # a quick look
@@ -64,8 +66,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
 
 
-def run_pair(writer: str, reader: str, work: Path) -> tuple[float, float, float]:
-    """(seconds, writer CPU seconds, reader CPU seconds) of one sync."""
+def run_pair(writer: str, reader: str, work: Path) -> tuple[float, float, float, dict | None]:
+    """(seconds, writer CPU seconds, reader CPU seconds, a Node reader's storage counts) of one sync."""
     port = free_port()
     cwd = {"node": NODE, "python": ROOT}
     server = subprocess.Popen(
@@ -102,7 +104,7 @@ def run_pair(writer: str, reader: str, work: Path) -> tuple[float, float, float]
         if result["blocks"] != BLOCKS:
             raise RuntimeError(f"{writer}->{reader} got {result['blocks']} blocks, not {BLOCKS}")
         shutil.rmtree(store, ignore_errors=True)
-        return float(result["seconds"]), writer_cpu, reader_cpu
+        return float(result["seconds"]), writer_cpu, reader_cpu, result.get("storage")
     finally:
         server.kill()
         server.wait()
@@ -118,12 +120,15 @@ def main() -> None:
     runs: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, float]] = {}  # best (lowest) CPU s per 1,000 blocks of each side
     cpu_runs: dict[str, list[list[float]]] = {}
+    storage: dict[str, dict[str, float]] = {}  # a Node reader's RocksDB operations per block
     with tempfile.TemporaryDirectory(dir=ROOT / "tests" / "bench") as tmp:
         work = Path(tmp)
         for _ in range(ROUNDS):  # rounds alternate the pairs so machine load hits all alike
             for writer, reader in pairs:
                 name = f"{writer}->{reader}"
-                seconds, writer_cpu, reader_cpu = run_pair(writer, reader, work)
+                seconds, writer_cpu, reader_cpu, counts = run_pair(writer, reader, work)
+                if counts:
+                    storage[name] = {op: round(n / BLOCKS, 2) for op, n in counts.items()}
                 w, r = per_thousand(writer_cpu), per_thousand(reader_cpu)
                 runs.setdefault(name, []).append(seconds)
                 cpu_runs.setdefault(name, []).append([round(w, 4), round(r, 4)])
@@ -145,6 +150,9 @@ def main() -> None:
         print(
             f"  {name:16s} {rate:10,.0f} blocks/s  {ratio}   writer {side['writer']:.3f}  reader {side['reader']:.3f}"
         )
+    for name, ops in storage.items():
+        counts = ", ".join(f"{op} {n}" for op, n in ops.items())
+        print(f"  {name:16s} Node reader's RocksDB operations per block: {counts}")
     for name, target in TARGETS.items():
         if name in ratios:
             verdict = "met" if ratios[name] >= target else "NOT met"
@@ -163,6 +171,7 @@ def main() -> None:
                 "cpu_seconds_per_1000_blocks": cpu,
                 "seconds_each_run": runs,
                 "cpu_seconds_per_1000_blocks_each_run": cpu_runs,
+                "node_reader_rocksdb_operations_per_block": storage,
                 "cpu_measured_as": "writer: /proc/<pid>/stat utime+stime from reader start to reader exit;"
                 " reader: os.wait4 rusage of the whole process",
                 "targets": {name: f">= {target}" for name, target in TARGETS.items()},

@@ -27,7 +27,10 @@ async function fetch (keyHex, storage, opts) {
   await core.update({ wait: true })
   await core.download({ start: 0, end: core.length }).done()
   const seconds = Number(process.hrtime.bigint() - started) / 1e9
-  console.log(JSON.stringify({ blocks: core.length, seconds }))
+  // The reader's own RocksDB work (reads, writes, batches): it depends on the blocks, not on
+  // which writer sent them, and it is most of a Node reader's CPU (tests/bench/bench_sync.py).
+  const { gets, puts, readBatches, writeBatches } = core.state.storage.store.rocks.stats
+  console.log(JSON.stringify({ blocks: core.length, seconds, storage: { gets, puts, readBatches, writeBatches } }))
   await core.close()
   process.exit(0)
 }
