@@ -15,13 +15,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    known = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    names = argv or known
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        print(f"no benchmark named {', '.join(unknown)}; benchmarks: {', '.join(known)}", file=sys.stderr)
+        return 2
     failed = []
     for name in names:
         print(f"== bench {name}", flush=True)
-        module = importlib.import_module(f"tests.bench.bench_{name}")
         try:
-            module.main()
+            importlib.import_module(f"tests.bench.bench_{name}").main()
         except Exception as error:  # one broken benchmark must not hide the others' numbers
             print(f"bench {name} failed: {error!r}", flush=True)
             failed.append(name)

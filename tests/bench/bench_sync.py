@@ -33,8 +33,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 NODE = ROOT / "tests" / "interop" / "node"
 RESULTS = ROOT / "tests" / "bench" / "results" / "sync.json"
-BLOCKS = int(os.environ.get("HYPERPI_BENCH_SYNC_BLOCKS", "100000"))
-ROUNDS = int(os.environ.get("HYPERPI_BENCH_SYNC_ROUNDS", "3"))
+
+
+def _count_setting(name: str, default: int) -> int:
+    """A positive whole number from the environment; a wrong one stops the bench in one line."""
+    text = os.environ.get(name, str(default))
+    if not text.isdigit() or int(text) < 1:
+        raise SystemExit(f"{name}={text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
+BLOCKS = _count_setting("HYPERPI_BENCH_SYNC_BLOCKS", 100_000)
+ROUNDS = _count_setting("HYPERPI_BENCH_SYNC_ROUNDS", 3)
 PAIRS = [("node", "node"), ("node", "python"), ("python", "node"), ("python", "python")]
 # A subset for a quick look, e.g. "python-python,node-node" (ratios need node-node).
 ONLY = os.environ.get("HYPERPI_BENCH_SYNC_PAIRS", "")
@@ -116,6 +126,9 @@ def per_thousand(cpu: float) -> float:
 
 def main() -> None:
     pairs = [p for p in PAIRS if not ONLY or f"{p[0]}-{p[1]}" in ONLY.split(",")]
+    if not pairs:
+        names = ",".join(f"{w}-{r}" for w, r in PAIRS)
+        raise SystemExit(f"HYPERPI_BENCH_SYNC_PAIRS={ONLY!r}: no such pair; pairs: {names}")
     best: dict[str, float] = {}
     runs: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, float]] = {}  # best (lowest) CPU s per 1,000 blocks of each side
