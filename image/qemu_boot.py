@@ -436,8 +436,8 @@ class Machine:
         `system_powerdown` is a 100 ms pulse (QEMU hw/gpio/gpio_key.c), and each one raises the
         line again and restarts that 100 ms, so repeating it every 40 ms holds the line like a
         finger does. A lone pulse right after the service starts, while the emulated guest is at
-        its busiest, was lost now and then (1 of 10 in a trial, always the first press): the
-        kernel's 20 ms debounce reads the line late and finds it low again."""
+        its busiest, was lost now and then (1 of 10 in a trial, always the first press; held, 0 of
+        6): most likely the kernel's 20 ms debounce read the line after it had fallen again."""
         self.qmp("system_powerdown", repeat_for_s=hold_s)
 
     def stop(self) -> None:

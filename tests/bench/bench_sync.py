@@ -38,7 +38,7 @@ RESULTS = ROOT / "tests" / "bench" / "results" / "sync.json"
 def _count_setting(name: str, default: int) -> int:
     """A positive whole number from the environment; a wrong one stops the bench in one line."""
     text = os.environ.get(name, str(default))
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isdigit alone takes '²'
         raise SystemExit(f"{name}={text!r}: expected a whole number of at least 1")
     return int(text)
 

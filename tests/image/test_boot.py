@@ -20,9 +20,9 @@ and root (the host answers the guest's NTP on port 123). Collected only when HYP
 2. A second copy booted with the stock DTB (no overlay): its own SSH host keys, and `--check`
    fails with the spidev line that names the overlay.
 3. QEMU `virt` with the image's kernel and root, settings `board = "qemu-virt-test"`: QMP
-   `system_powerdown`, repeated for ~0.5 s, holds the PL061 line high: real edges through the kernel's GPIO character
-   device, lgpio, gpiozero and the service, which appends its first preset; the host's `hyperpi
-   chat view` receives it.
+   `system_powerdown`, repeated for ~0.5 s, holds the PL061 line high: real edges through the
+   kernel's GPIO character device, lgpio, gpiozero and the service, which appends its first
+   preset; the host's `hyperpi chat view` receives it.
 4. An update over the LAN on the emulated Pi 3: the owner's host publishes a new version (a wheel
    of this checkout with a bumped version); the device downloads it through its control feed,
    installs it beside the factory version, restarts through `hyperpi-launch`, reports it
